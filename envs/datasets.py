@@ -1,0 +1,126 @@
+"""Task rows from the synthetic generator, a local JSONL file, or a hub dataset.
+
+Row format (one task): {"messages": [{"role", "content"}...], "tools": [JSON schema...],
+"ground_truth": [{"name", "arguments"}...] or that list as a JSON string}; optional "id",
+"category". Bad rows are skipped and counted (data.strict=false) or fail at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from envs import synthetic
+from rewards.parsing import parse_ground_truth
+
+log = logging.getLogger(__name__)
+
+
+def check_row(row: object) -> dict:
+    """The row, normalised; raises ValueError saying which key is wrong and how."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row is a {type(row).__name__}, expected an object with messages, tools, ground_truth")
+    missing = [k for k in ("messages", "tools", "ground_truth") if k not in row]
+    if missing:
+        raise ValueError(f"missing key(s) {missing}; a row needs messages, tools, ground_truth")
+    tools = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
+        raise ValueError("key 'tools' must be a list of JSON schemas, each with a 'name'")
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool") and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise ValueError("key 'messages' must be a non-empty list of {'role': system|user|assistant|tool, 'content': str}")
+    truth = parse_ground_truth(row["ground_truth"])
+    unknown = sorted({c["name"] for c in truth} - {t["name"] for t in tools})
+    if unknown:
+        raise ValueError(f"ground_truth calls {unknown}, which are not among the row's tools")
+    return {**row, "tools": tools, "ground_truth": truth, "category": row.get("category", "default")}
+
+
+def clean(rows: list, source: str, strict: bool) -> list[dict]:
+    good, bad = [], []
+    for i, row in enumerate(rows):
+        try:
+            good.append({"id": f"{source}:{i}", **check_row(row)})
+        except ValueError as e:
+            if strict:
+                raise ValueError(f"{source} row {i}: {e} (data.strict=true; set it false to skip bad rows)") from None
+            bad.append(f"row {i}: {e}")
+    if bad:
+        log.warning("%s: skipped %d of %d rows; first: %s", source, len(bad), len(rows), "; ".join(bad[:3]))
+    if not good:
+        raise ValueError(f"{source}: no usable rows ({len(bad)} bad); first problems: {bad[:3]}")
+    return good
+
+
+def read_jsonl(path: str) -> list:
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"data.path={path}: no such file")
+    rows = []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                rows.append(f"{path}:{n}: not JSON ({e.msg})")  # check_row reports it as a bad row
+    return rows
+
+
+def read_hub(dataset_id: str, split: str) -> list:
+    import datasets
+
+    return list(datasets.load_dataset(dataset_id, split=split))
+
+
+def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out eval rows)."""
+    if cfg.name == "synthetic":
+        return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights)
+    read = {"jsonl": lambda p: read_jsonl(p), "hub": lambda p: read_hub(p, cfg.split)}.get(cfg.name)
+    if read is None:
+        raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl or hub")
+    if not cfg.path:
+        raise ValueError(f"data.name={cfg.name} needs data.path")
+    rows = clean(read(cfg.path), cfg.path, cfg.strict)
+    if cfg.eval_path:
+        return rows, clean(read(cfg.eval_path), cfg.eval_path, cfg.strict)
+    random.Random(cfg.seed).shuffle(rows)
+    if len(rows) <= cfg.n_eval:
+        raise ValueError(f"{cfg.path}: {len(rows)} rows cannot spare data.n_eval={cfg.n_eval} for eval; lower it or set data.eval_path")
+    return rows[cfg.n_eval:], rows[: cfg.n_eval]
+
+
+class TaskStream:
+    """Batches of tasks in a seeded order, reshuffled every epoch; its position is part of
+    the checkpoint so a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, rows: list[dict], batch_size: int, seed: int):
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self.order = self._order()
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def next_batch(self) -> list[dict]:
+        batch = []
+        while len(batch) < self.batch_size:
+            if self.position == len(self.order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self.order = self._order()
+            batch.append(self.rows[self.order[self.position]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.order = self._order()

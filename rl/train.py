@@ -1,0 +1,242 @@
+"""GRPO / REINFORCE for tool calling, top to bottom.
+
+    python -m rl.train                      # embedded default: SmolLM2-135M, synthetic tasks, CPU
+    python -m rl.train experiment=qwen_gpu  # a hub model on a GPU
+    python -m rl.train --cfg job            # print the resolved config
+
+One step (the log-derivative trick, grad E[R] = E[R grad log pi]):
+    1. sample   G completions for each of B prompts                      (engine)
+    2. score    each completion with the weighted reward functions       (rewards/)
+    3. advantage per completion from its group's rewards                 (rl/advantages.py)
+    4. loss     policy loss on completion tokens (+ KL), micro-batched   (rl/losses.py)
+    5. step     clip the gradient norm, AdamW, LR schedule
+    6. sync     the engine samples from the new weights
+    7. log, evaluate, checkpoint
+
+Deviations from textbook GRPO, all in config: loss aggregation (algo.loss_agg), asymmetric
+clip (algo.clip_high), KL off by default (algo.kl_coef=0, as Dr. GRPO and DAPO found it
+unneeded), an optional SFT warm-up before RL (trainer.sft.steps), and with one update per
+batch old_logprobs = logprobs.detach() (ratio 1; the gradient is REINFORCE's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from rl import checkpoint
+from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
+from rl.advantages import ADVANTAGES, zero_variance_share
+from rl.batching import collate, token_budget_chunks
+from rl.eval import columns, count_reasons, evaluate
+from rl.logprobs import token_logprobs
+from rl.losses import Normalizer, policy_loss
+from rl.models import load_reference
+from rl.setup import CONF_DIR, Setup
+from rl.sft import warm_up
+from envs.datasets import TaskStream
+
+log = logging.getLogger("rl.train")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Runs cfg.trainer.steps RL steps; returns the summary (also written to summary.json)."""
+    started = time.perf_counter()
+    out = Path(cfg.trainer.output_dir)
+    resume_from = checkpoint.latest(out) if cfg.trainer.resume else None
+    s = Setup.build(cfg, resume_step=_step_of(resume_from))
+    policy, algo, G = s.policy, cfg.algo, cfg.algo.group_size
+    opt, sched = make_optimizer(cfg.trainer, policy)
+    data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed)
+    eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
+    run_eval = lambda: evaluate(s.engine, s.env, eval_tasks, s.reward_fn, cfg.reward.exact_match,  # noqa: E731
+                                s.sampling, cfg.trainer.eval_batch)[0]
+
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, policy)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        data.load_state_dict(state["data"])
+        start, summary = state["step"], state["summary"]
+        s.engine.load_weights(policy)
+        log.info("resumed from %s", resume_from)
+    else:
+        start, summary = 0, {"base": run_eval()}
+        s.logger.log(0, {f"base/{k[5:]}": v for k, v in summary["base"].items()})
+        if cfg.trainer.sft.steps > 0:
+            summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks, cfg.trainer.seed)
+            s.engine.load_weights(policy)
+            if cfg.trainer.sft.eval:
+                summary["after_warmup"] = run_eval()
+                s.logger.log(0, {**summary["sft"], **summary["after_warmup"]})
+        save(cfg, s, 0, opt, sched, data, summary)  # a crash during RL never redoes the warm-up
+    ref = load_reference(policy) if algo.kl_coef > 0 else None  # after the warm-up: KL to where RL starts
+
+    for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console):
+        t0 = time.perf_counter()
+        tasks = data.next_batch()  # B tasks
+        rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # B*G, groups contiguous
+        t_gen = time.perf_counter()
+        scored = s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
+        rewards = torch.tensor(scored.total)  # [B*G]
+        advantages = ADVANTAGES[algo.advantage](rewards, G)  # [B*G]
+        stats = update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s)
+        t_update = time.perf_counter()
+        s.engine.load_weights(policy)
+        t_end = time.perf_counter()
+
+        metrics = {
+            **reward_metrics(scored, rewards, G), **stats, **rollout_metrics(rollouts),
+            "lr": sched.get_last_lr()[0], "time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen,
+            "time/sync_s": t_end - t_update, "time/step_s": t_end - t0,
+            "tokens_per_s": sum(len(r.prompt) + len(r.completion) for r in rollouts) / (t_end - t0),
+        }
+        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
+            metrics.update(run_eval())
+        if step == cfg.trainer.steps:
+            summary["after_rl"] = run_eval()
+            metrics.update(summary["after_rl"])
+        s.logger.log(step, metrics)
+        s.logger.samples(step, sample_rows(rollouts, scored))
+        if step == cfg.trainer.steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+            save(cfg, s, step, opt, sched, data, summary)
+
+    summary["wall_s"] = time.perf_counter() - started
+    report(s, summary, out)
+    s.logger.close()
+    return summary
+
+
+def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict:
+    """algo.updates_per_batch optimizer steps on one batch of rollouts, micro-batched under
+    trainer.token_budget; every micro-batch's loss is normalised by batch-wide counts, so
+    accumulation gives exactly the full-batch gradient."""
+    algo, trainer = cfg.algo, cfg.trainer
+    chunks = token_budget_chunks(rollouts, trainer.token_budget)
+    batches = [collate([rollouts[i] for i in idx], advantages[idx], s.tokenizer.pad_token_id, s.device) for idx in chunks]
+    norm = Normalizer([b.loss_mask for b in batches])
+    temperature = algo.sampling.temperature
+    logprobs_of = lambda model, b: token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
+                                                  temperature, trainer.logprob_chunk)
+    with torch.no_grad(), autocast(s.device, trainer.bf16):
+        for b in batches:
+            if ref is not None:
+                b.ref_logprobs = logprobs_of(ref, b)[0]  # [b, C]
+            if algo.updates_per_batch > 1:
+                b.old_logprobs = logprobs_of(policy, b)[0]  # [b, C]
+
+    policy.train()
+    totals: dict[str, float] = {}
+    for _ in range(algo.updates_per_batch):
+        for b in batches:
+            with autocast(s.device, trainer.bf16):
+                logprobs, entropy = logprobs_of(policy, b)  # [b, C], [b, C]
+            old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
+            loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm)
+            loss.backward()
+            stats["entropy"] = (entropy * b.loss_mask).sum() / norm.tokens
+            stats["logprob_diff_vs_rollout"] = ((old - b.rollout_logprobs).abs() * b.loss_mask).sum() / norm.tokens
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / algo.updates_per_batch  # sums over micro-batches
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), trainer.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return {**totals, "grad_norm": float(grad_norm), "micro_batches": len(batches)}
+
+
+def make_optimizer(cfg, policy):
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    total = max(cfg.steps * 1, 1)
+
+    def factor(step: int) -> float:
+        if step < cfg.lr_warmup_steps:
+            return (step + 1) / cfg.lr_warmup_steps
+        progress_ = (step - cfg.lr_warmup_steps) / max(total - cfg.lr_warmup_steps, 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress_)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress_, 1.0)))
+        raise ValueError(f"trainer.lr_schedule={cfg.lr_schedule!r}: use constant, linear or cosine")
+
+    factor(0)  # fail on a bad schedule name now, not at the first step
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def reward_metrics(scored, rewards: torch.Tensor, group_size: int) -> dict:
+    m = {"reward/total": rewards.mean().item(), "reward/total_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+         "zero_variance_groups": zero_variance_share(rewards, group_size)}
+    for name, values in scored.per_function.items():
+        v = torch.tensor(values)
+        m[f"reward/{name}"] = v.mean().item()
+        m[f"reward/{name}_std"] = v.std().item() if len(v) > 1 else 0.0
+        for reason, count in count_reasons(scored.reasons[name]).items():
+            m[f"reason/{name}/{reason}"] = count / len(values)
+    return m
+
+
+def rollout_metrics(rollouts) -> dict:
+    lengths = [len(r.completion) for r in rollouts]
+    return {"completion_len": sum(lengths) / len(lengths),
+            "truncated": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts)}
+
+
+def sample_rows(rollouts, scored) -> list[dict]:
+    return [{"prompt": r.task["messages"][-1]["content"], "completion": r.text, "reward": scored.total[i],
+             "reasons": {name: rs[i] for name, rs in scored.reasons.items()}, "ground_truth": r.task["ground_truth"]}
+            for i, r in enumerate(rollouts)]
+
+
+def save(cfg, s, step, opt, sched, data, summary) -> None:
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data": data.state_dict(), "summary": summary}
+    checkpoint.save(Path(cfg.trainer.output_dir), step, s.policy, s.tokenizer, state, cfg.trainer.keep_last)
+
+
+def report(s, summary: dict, out: Path) -> None:
+    """summary.json and a table: the held-out metrics at each stage (base, warm-up, RL)."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    stages = {k: summary[k] for k in ("base", "after_warmup", "after_rl") if k in summary}
+    overall = {stage: {key[5:]: v for key, v in r.items() if key.count("/") == 1} for stage, r in stages.items()}
+    s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s)", overall)
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+
+
+def progress(steps: range, enabled: bool):
+    if not enabled:
+        yield from steps
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress("[bold]RL", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        task = bar.add_task("steps", total=len(steps))
+        for step in steps:
+            yield step
+            bar.advance(task)
+
+
+def _step_of(folder: Path | None) -> int | None:
+    return int(folder.name.split("-")[1]) if folder is not None else None
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
