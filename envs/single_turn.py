@@ -6,16 +6,12 @@ import json
 
 from rl.types import Rollout, SamplingParams
 
-# Tool-N1's instruction, shortened: every prompt token costs compute on a CPU.
+# Tool-N1's instruction, shortened: every prompt token costs compute (x G completions) on a CPU.
 TOOL_N1_SYSTEM = (
-    "You are an expert in composing functions. You are given a question and a set of possible functions. "
-    "Based on the question, make the function calls that achieve its purpose. "
-    "If none of the functions can be used, call none of them.\n"
-    "Here are the functions, in JSON:\n<tools>\n{tools}\n</tools>\n"
-    "First think briefly inside <think></think>. Then give the calls as a JSON list inside "
-    "<tool_call></tool_call>, like:\n"
+    "You may call these functions:\n<tools>\n{tools}\n</tools>\n"
+    "Think briefly inside <think></think>, then give the calls as a JSON list inside <tool_call></tool_call>:\n"
     '<think>...</think>\n<tool_call>[{"name": "function_name", "arguments": {"argument": "value"}}]</tool_call>\n'
-    "Use [] when no function applies."
+    "Give [] if no function fits the request."
 )
 
 

@@ -13,6 +13,7 @@ Categories (as BFCL names them):
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -49,21 +50,22 @@ def _fn(name: str, description: str, properties: dict, required: list[str]) -> d
     }
 
 
-def _s(desc: str, **extra: Any) -> dict:
-    return {"type": "string", "description": desc, **extra}
+def _s(desc: str | None = None, **extra: Any) -> dict:
+    """A string parameter; the description is left out where the name says it all (short prompts)."""
+    return {"type": "string", **({"description": desc} if desc else {}), **extra}
 
 
 TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         _fn("get_weather", "Current weather in a city.",
-            {"city": _s("City name"), "unit": _s("Temperature unit", enum=["celsius", "fahrenheit"])}, ["city", "unit"]),
+            {"city": _s(), "unit": _s(enum=["celsius", "fahrenheit"])}, ["city", "unit"]),
         lambda r: {"city": r.choice(CITIES), "unit": r.choice(["celsius", "fahrenheit"])},
         ("What is the weather in {city} in {unit}?", "Tell me the current weather in {city}, using {unit}.",
          "How warm is it in {city} right now? Answer in {unit}."),
     ),
     ToolSpec(
         _fn("convert_currency", "Convert an amount of money between currencies.",
-            {"amount": {"type": "integer", "description": "Amount to convert"},
+            {"amount": {"type": "integer"},
              "from_currency": _s("ISO code to convert from"), "to_currency": _s("ISO code to convert to")},
             ["amount", "from_currency", "to_currency"]),
         lambda r: {"amount": r.choice([5, 20, 50, 100, 250, 1000]), **dict(zip(("from_currency", "to_currency"), r.sample(CURRENCIES, 2)))},
@@ -76,24 +78,24 @@ TOOLS: tuple[ToolSpec, ...] = (
     ),
     ToolSpec(
         _fn("translate", "Translate text into another language.",
-            {"text": _s("Text to translate"), "language": _s("Target language")}, ["text", "language"]),
+            {"text": _s(), "language": _s()}, ["text", "language"]),
         lambda r: {"text": r.choice(PHRASES), "language": r.choice(LANGUAGES)},
         ("Translate '{text}' into {language}.", "How do you say '{text}' in {language}?"),
     ),
     ToolSpec(
         _fn("find_restaurants", "Find restaurants in a city.",
-            {"city": _s("City name"), "cuisine": _s("Kind of food")}, ["city", "cuisine"]),
+            {"city": _s(), "cuisine": _s()}, ["city", "cuisine"]),
         lambda r: {"city": r.choice(CITIES), "cuisine": r.choice(CUISINES)},
         ("Find {cuisine} restaurants in {city}.", "Where can I eat {cuisine} food in {city}?"),
     ),
     ToolSpec(
-        _fn("set_timer", "Start a countdown timer.", {"minutes": {"type": "integer", "description": "Length in minutes"}}, ["minutes"]),
+        _fn("set_timer", "Start a countdown timer.", {"minutes": {"type": "integer"}}, ["minutes"]),
         lambda r: {"minutes": r.choice([1, 3, 5, 10, 15, 25, 30, 45])},
         ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer."),
     ),
     ToolSpec(
         _fn("send_email", "Send a short email.",
-            {"to": _s("Recipient name"), "subject": _s("Subject line")}, ["to", "subject"]),
+            {"to": _s(), "subject": _s()}, ["to", "subject"]),
         lambda r: {"to": r.choice(NAMES), "subject": r.choice(["lunch", "the report", "tomorrow", "the budget", "holidays"])},
         ("Email {to} about {subject}.", "Send {to} an email with the subject '{subject}'."),
     ),
@@ -104,6 +106,8 @@ IRRELEVANT = (
     "Tell me a joke about cats.", "Who wrote Hamlet?", "What is the capital of Peru?",
     "Write a haiku about autumn.", "How many legs does a spider have?", "Explain what a prime number is.",
     "What is 7 times 8?", "Recommend a good book to read.", "Why is the sky blue?", "Say hello in a friendly way.",
+    "Summarize the plot of Romeo and Juliet.", "What does DNA stand for?", "Give me a synonym for happy.",
+    "How do I boil an egg?", "Who painted the Mona Lisa?", "Spell the word necessary backwards.",
 )
 
 _PARALLEL_JOIN = (" Also, ", " And ", " Then ")
@@ -124,7 +128,7 @@ def make_task(category: str, rng: random.Random) -> dict:
         args = spec.sample_args(rng)
         offered, query, calls = [spec], _ask(spec, args, rng), [_call(spec, args)]
     elif category == "multiple":
-        offered = rng.sample(TOOLS, rng.randint(2, 4))
+        offered = rng.sample(TOOLS, rng.randint(2, 3))
         spec = rng.choice(offered)
         args = spec.sample_args(rng)
         query, calls = _ask(spec, args, rng), [_call(spec, args)]
@@ -140,7 +144,7 @@ def make_task(category: str, rng: random.Random) -> dict:
         query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
         calls = [_call(spec, a) for a in arg_sets]
     elif category == "irrelevance":
-        offered = rng.sample(TOOLS, rng.randint(1, 3))
+        offered = rng.sample(TOOLS, rng.randint(1, 2))
         query, calls = rng.choice(IRRELEVANT), []
     else:
         raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES}")
@@ -162,18 +166,31 @@ def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGO
     return rows
 
 
+def task_key(row: dict) -> tuple:
+    """Two tasks are the same task if the request and the offered tools are the same."""
+    return row["messages"][-1]["content"], tuple(sorted(t["name"] for t in row["tools"]))
+
+
 def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None) -> tuple[list[dict], list[dict]]:
-    """Disjoint splits: eval rows whose user request also occurs in train are dropped and redrawn."""
+    """Train rows as generate() draws them; eval rows stratified (the same count from every
+    category) and disjoint from train: no eval task occurs in train."""
+    categories = list(categories)
     train = generate(n_train, seed, categories, weights)
-    seen = {r["messages"][-1]["content"] for r in train}
+    seen = {task_key(r) for r in train}
+    rng = random.Random(seed + 1_000_003)
     eval_rows: list[dict] = []
-    offset = 1
-    while len(eval_rows) < n_eval:
-        for row in generate(4 * n_eval, seed + 1_000_003 * offset, categories, weights):
-            if row["messages"][-1]["content"] not in seen and len(eval_rows) < n_eval:
-                seen.add(row["messages"][-1]["content"])
-                eval_rows.append(row)
-        offset += 1
-        if offset > 50:
-            raise ValueError(f"cannot draw {n_eval} eval tasks disjoint from {n_train} train tasks: lower data.n_eval")
-    return train, eval_rows
+    for k, category in enumerate(categories):
+        quota = n_eval // len(categories) + (k < n_eval % len(categories))
+        for _attempt in range(200 * quota + 200):
+            if quota == 0:
+                break
+            row = make_task(category, rng)
+            if task_key(row) not in seen:
+                seen.add(task_key(row))
+                eval_rows.append({"id": f"synthetic-eval-{seed}-{len(eval_rows)}", **row})
+                quota -= 1
+        if quota:
+            raise ValueError(f"cannot draw enough {category} eval tasks disjoint from {n_train} train tasks: lower data.n_eval")
+    by_category = [[r for r in eval_rows if r["category"] == c] for c in categories]
+    interleaved = [r for round_ in itertools.zip_longest(*by_category) for r in round_ if r is not None]
+    return train, interleaved  # round-robin over categories: any prefix (trainer.eval_size) stays balanced

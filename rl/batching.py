@@ -44,19 +44,20 @@ def collate(rollouts: list[Rollout], advantages: torch.Tensor, pad_id: int, devi
     )
 
 
-def token_budget_chunks(rollouts: list[Rollout], budget: int) -> list[list[int]]:
-    """Consecutive index lists whose padded size b * (max prompt + max completion) fits the
-    budget; a single rollout over budget gets a micro-batch of its own."""
+def token_budget_chunks(rollouts: list[Rollout], budget: int, group_size: int = 1) -> list[list[int]]:
+    """Consecutive index lists, whole groups of `group_size` at a time, whose padded size
+    b * (longest prompt + longest completion) fits the budget; a group over budget gets a
+    micro-batch of its own."""
     chunks: list[list[int]] = []
     current: list[int] = []
-    longest_prompt = longest_completion = 0
-    for i, r in enumerate(rollouts):
-        p, c = max(longest_prompt, len(r.prompt)), max(longest_completion, len(r.completion))
-        if current and (len(current) + 1) * (p + c) > budget:
+    for start in range(0, len(rollouts), group_size):
+        group = list(range(start, min(start + group_size, len(rollouts))))
+        candidate = current + group
+        width = max(len(rollouts[i].prompt) for i in candidate) + max(len(rollouts[i].completion) for i in candidate)
+        if current and len(candidate) * width > budget:
             chunks.append(current)
-            current, p, c = [], len(r.prompt), len(r.completion)
-        current.append(i)
-        longest_prompt, longest_completion = p, c
+            candidate = group
+        current = candidate
     if current:
         chunks.append(current)
     return chunks

@@ -73,7 +73,7 @@ class DataConfig:
     eval_path: Optional[str] = None  # held-out file/id; default: a seeded split of path
     split: str = "train"
     n_train: int = 2000  # synthetic sizes; for files, n_eval rows are held out if no eval_path
-    n_eval: int = 64
+    n_eval: int = 48
     seed: int = 0
     categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "irrelevance"])
     weights: Optional[list[float]] = None
@@ -109,6 +109,7 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     token_budget: int = 8192  # padded tokens per micro-batch (gradient accumulation beyond)
     logprob_chunk: int = 1024  # rows of vocab logits alive at once
+    share_prompt: bool = True  # run each group's prompt once in the update (exact, ~G x fewer prompt tokens)
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads; null = torch default

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 from rl.batching import position_ids
 
@@ -24,17 +25,39 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.T
     return logprobs, entropy
 
 
+def completion_hidden(model, input_ids, attention_mask, completion_len: int, group_size: int = 1) -> torch.Tensor:
+    """Final hidden states that predict each completion token: [b, C, H].
+
+    With group_size > 1 (rows i*G..i*G+G-1 share one prompt) the prompt is run once per
+    group and its KV cache repeated G times, so prompt tokens cost 1/G of the compute; the
+    gradient still flows into the prompt's keys and values, so it is exact."""
+    b, length = input_ids.shape
+    start = length - completion_len  # = P
+    decoder = model.get_decoder()
+    if group_size == 1:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                         use_cache=False).last_hidden_state  # [b, P + C, H]
+        return hidden[:, start - 1 : length - 1]  # [b, C, H]
+    prompt_ids, prompt_mask = input_ids[::group_size, :start], attention_mask[::group_size, :start]  # [b/G, P]
+    cache = DynamicCache(config=model.config)
+    prompt_hidden = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                            past_key_values=cache, use_cache=True).last_hidden_state  # [b/G, P, H]
+    cache.batch_repeat_interleave(group_size)  # [b, ...] keys/values, differentiable
+    completion_hidden_ = decoder(input_ids=input_ids[:, start:], attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask)[:, start:], past_key_values=cache,
+                                 use_cache=True).last_hidden_state  # [b, C, H]
+    first = prompt_hidden[:, -1:].repeat_interleave(group_size, 0)  # [b, 1, H] predicts the first completion token
+    return torch.cat([first, completion_hidden_[:, :-1]], 1)  # [b, C, H]
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                   temperature: float = 1.0, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   temperature: float = 1.0, chunk: int = 1024, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids/attention_mask [b, P + C] with completions starting at column P.
     Returns logprobs [b, C] (with grad if enabled) and entropy [b, C] (no grad)."""
     b, length = input_ids.shape
-    start = length - completion_len  # = P
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
-    ).last_hidden_state  # [b, P + C, H]
-    hidden = hidden[:, start - 1 : length - 1].reshape(b * completion_len, -1)  # predicts tokens P..P+C-1: [b*C, H]
-    targets = input_ids[:, start:].reshape(-1)  # [b*C]
+    hidden = completion_hidden(model, input_ids, attention_mask, completion_len, group_size)
+    hidden = hidden.reshape(b * completion_len, -1)  # [b*C, H]
+    targets = input_ids[:, length - completion_len:].reshape(-1)  # [b*C]
     head = model.get_output_embeddings()
     temperature = temperature if temperature > 0 else 1.0
     pieces_lp, pieces_ent = [], []

@@ -53,6 +53,10 @@ class MetricsLogger:
             shown = [f"{k.split('/')[-1] if k.startswith('time') else k}={metrics[k]:.3g}" for k in HEADLINE if k in metrics]
             self.console.log(f"step {step}: " + "  ".join(shown))
 
+    def say(self, message: str) -> None:
+        if self.console:
+            self.console.log(message)
+
     def samples(self, step: int, rows: list[dict]) -> None:
         with self.paths["samples"].open("a") as f:
             for row in rows[: self.samples_per_step]:

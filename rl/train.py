@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -40,7 +40,7 @@ from rl.eval import columns, count_reasons, evaluate
 from rl.logprobs import token_logprobs
 from rl.losses import Normalizer, policy_loss
 from rl.models import load_reference
-from rl.setup import CONF_DIR, Setup
+from rl.setup import CONF_DIR, Setup, autocast
 from rl.sft import warm_up
 from envs.datasets import TaskStream
 
@@ -51,7 +51,10 @@ def train(cfg: DictConfig) -> dict:
     """Runs cfg.trainer.steps RL steps; returns the summary (also written to summary.json)."""
     started = time.perf_counter()
     out = Path(cfg.trainer.output_dir)
-    resume_from = checkpoint.latest(out) if cfg.trainer.resume else None
+    resume_from = checkpoint.latest(out)
+    if resume_from is not None and not cfg.trainer.resume:
+        raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
+                              "or give a new trainer.output_dir (or delete the folder) to start over")
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
     policy, algo, G = s.policy, cfg.algo, cfg.algo.group_size
     opt, sched = make_optimizer(cfg.trainer, policy)
@@ -69,17 +72,24 @@ def train(cfg: DictConfig) -> dict:
         s.engine.load_weights(policy)
         log.info("resumed from %s", resume_from)
     else:
-        start, summary = 0, {"base": run_eval()}
+        start, summary = 0, {"time_s": {}}
+        with phase(s, summary, "base_eval", f"evaluating the starting model on {len(eval_tasks)} held-out tasks"):
+            summary["base"] = run_eval()
         s.logger.log(0, {f"base/{k[5:]}": v for k, v in summary["base"].items()})
         if cfg.trainer.sft.steps > 0:
-            summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks, cfg.trainer.seed)
+            with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
+                summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
+                                         cfg.trainer.token_budget, s.device, cfg.trainer.logprob_chunk, cfg.trainer.bf16)
             s.engine.load_weights(policy)
             if cfg.trainer.sft.eval:
-                summary["after_warmup"] = run_eval()
+                with phase(s, summary, "warmup_eval", "evaluating after the warm-up"):
+                    summary["after_warmup"] = run_eval()
                 s.logger.log(0, {**summary["sft"], **summary["after_warmup"]})
         save(cfg, s, 0, opt, sched, data, summary)  # a crash during RL never redoes the warm-up
     ref = load_reference(policy) if algo.kl_coef > 0 else None  # after the warm-up: KL to where RL starts
 
+    s.logger.say(f"RL: steps {start + 1}..{cfg.trainer.steps}, {cfg.trainer.batch_size} prompts x {G} completions each")
+    rl_started = time.perf_counter()
     for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console):
         t0 = time.perf_counter()
         tasks = data.next_batch()  # B tasks
@@ -109,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
         if step == cfg.trainer.steps or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
             save(cfg, s, step, opt, sched, data, summary)
 
+    summary["time_s"]["rl"] = round(time.perf_counter() - rl_started, 1)  # this process's share, evals included
     summary["wall_s"] = time.perf_counter() - started
     report(s, summary, out)
     s.logger.close()
@@ -120,12 +131,15 @@ def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict
     trainer.token_budget; every micro-batch's loss is normalised by batch-wide counts, so
     accumulation gives exactly the full-batch gradient."""
     algo, trainer = cfg.algo, cfg.trainer
-    chunks = token_budget_chunks(rollouts, trainer.token_budget)
+    # a group's prompt runs once for its G completions (exact; needs the KV cache, so not
+    # with gradient checkpointing)
+    share = algo.group_size if trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
+    chunks = token_budget_chunks(rollouts, trainer.token_budget, share)
     batches = [collate([rollouts[i] for i in idx], advantages[idx], s.tokenizer.pad_token_id, s.device) for idx in chunks]
     norm = Normalizer([b.loss_mask for b in batches])
     temperature = algo.sampling.temperature
     logprobs_of = lambda model, b: token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
-                                                  temperature, trainer.logprob_chunk)
+                                                  temperature, trainer.logprob_chunk, share)
     with torch.no_grad(), autocast(s.device, trainer.bf16):
         for b in batches:
             if ref is not None:
@@ -211,10 +225,6 @@ def report(s, summary: dict, out: Path) -> None:
     s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s)", overall)
 
 
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
-
-
 def progress(steps: range, enabled: bool):
     if not enabled:
         yield from steps
@@ -227,6 +237,15 @@ def progress(steps: range, enabled: bool):
         for step in steps:
             yield step
             bar.advance(task)
+
+
+@contextmanager
+def phase(s, summary: dict, name: str, message: str):
+    """Announce a long phase and record its wall time in summary["time_s"]."""
+    s.logger.say(message)
+    start = time.perf_counter()
+    yield
+    summary["time_s"][name] = round(time.perf_counter() - start, 1)
 
 
 def _step_of(folder: Path | None) -> int | None:
