@@ -9,35 +9,57 @@ Every function has TRL's signature fn(completions, **columns) -> list[float].
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
 from hydra.utils import get_method
 
-from rewards.tool_n1 import format_reward, tool_n1_reward
+from rewards.schema import schema_validity_reward
+from rewards.tool_n1 import format_reward, length_penalty, tool_n1_partial_reward, tool_n1_reward
+from rewards.toolrl import toolrl_correctness_reward, toolrl_format_reward, toolrl_reward
 
 RewardFn = Callable[..., list]
-REWARDS: dict[str, RewardFn] = {"tool_n1": tool_n1_reward, "format": format_reward}
+REWARDS: dict[str, RewardFn] = {
+    "tool_n1": tool_n1_reward,  # binary exact match, [0, 1]
+    "tool_n1_partial": tool_n1_partial_reward,  # [0, 1]
+    "format": format_reward,  # [0, 1]
+    "toolrl": toolrl_reward,  # [-3, 4]
+    "toolrl_format": toolrl_format_reward,  # [0, 1]
+    "toolrl_correctness": toolrl_correctness_reward,  # [-3, 3]
+    "schema_validity": schema_validity_reward,  # [0, 1]
+    "length_penalty": length_penalty,  # [-1, 0]
+}
 ENTRY_POINT_GROUP = "toolcall_rl.rewards"
 
 
 def resolve(spec: dict) -> tuple[str, RewardFn]:
-    """(display name, function) for one reward entry of the config."""
+    """(display name, function) for one reward entry of the config; `kwargs` are bound."""
+    name, fn = _find(spec)
+    kwargs = dict(spec.get("kwargs") or {})
+    return name, functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def plugins() -> dict:
+    """Installed reward plugins: entry points in the `toolcall_rl.rewards` group."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _find(spec: dict) -> tuple[str, RewardFn]:
     if spec.get("_target_"):
         target = spec["_target_"]
         return spec.get("name") or target.rsplit(".", 1)[-1], get_method(target)
     name = spec.get("name")
     if name in REWARDS:
         return name, REWARDS[name]
-    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    if name in plugins:
-        return name, plugins[name].load()
+    found = plugins()
+    if name in found:
+        return name, found[name].load()
     raise ValueError(
         f"reward {name!r} is unknown: built-in rewards are {sorted(REWARDS)}, installed plugins "
-        f"({ENTRY_POINT_GROUP}) are {sorted(plugins)}; or give `_target_: package.module.function`"
+        f"({ENTRY_POINT_GROUP}) are {sorted(found)}; or give `_target_: package.module.function`"
     )
 
 

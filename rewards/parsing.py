@@ -51,9 +51,19 @@ def parse_calls_json(text: str) -> tuple[list[dict] | None, str | None]:
     return calls, None
 
 
-def parse_tool_n1(completion: str) -> Parsed:
+FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
+
+
+def strip_fence(text: str) -> str:
+    """```json [...] ``` -> [...]"""
+    m = FENCE.match(text.strip())
+    return m.group(1) if m else text
+
+
+def parse_tool_n1(completion: str, lenient: bool = False) -> Parsed:
     """Tool-N1 format: `<think>...</think>` first, then exactly one
-    `<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, nothing after it."""
+    `<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, nothing after it.
+    lenient=True also takes a code fence around the JSON and text after the closing tag."""
     if not isinstance(completion, str):
         return _fail("not_text")
     think = THINK.match(completion)
@@ -65,10 +75,53 @@ def parse_tool_n1(completion: str) -> Parsed:
         return _fail("no_tool_call", think.group(1))
     if len(blocks) > 1:
         return _fail("many_tool_call_tags", think.group(1))
-    if not re.fullmatch(r"\s*<tool_call>.*?</tool_call>\s*", rest, re.DOTALL):
+    if not re.fullmatch(r"\s*<tool_call>.*?</tool_call>" + (".*" if lenient else r"\s*"), rest, re.DOTALL):
         return _fail("text_outside_tags", think.group(1))
-    calls, reason = parse_calls_json(blocks[0].strip())
+    body = strip_fence(blocks[0]) if lenient else blocks[0]
+    calls, reason = parse_calls_json(body.strip())
     return Parsed(think=think.group(1), calls=calls, reason=reason)
+
+
+def parse_hermes(completion: str, lenient: bool = False) -> Parsed:
+    """Hermes / Qwen format: optional <think>...</think>, any text, and one
+    `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` per call. No tag means the
+    model called nothing ([]), which is a valid answer in this format."""
+    if not isinstance(completion, str):
+        return _fail("not_text")
+    think = THINK.match(completion)
+    if completion.count("<tool_call>") != completion.count("</tool_call>"):
+        return _fail("unclosed_tool_call", think.group(1) if think else None)
+    calls = []
+    for block in TOOL_CALL.findall(completion):
+        body = strip_fence(block) if lenient else block
+        try:
+            call = normalize_call(json.loads(body.strip()))
+        except (ValueError, RecursionError):
+            return _fail("bad_json", think.group(1) if think else None)
+        if call is None:
+            return _fail("bad_call", think.group(1) if think else None)
+        calls.append(call)
+    return Parsed(think=think.group(1) if think else None, calls=calls, reason=None)
+
+
+def template_parser(tokenizer):
+    """A parser from the model's own chat template (transformers' `parse_response`, for
+    tokenizers that define a response template); its `tool_calls` become our calls."""
+
+    def parse(completion: str, lenient: bool = False) -> Parsed:
+        try:
+            message = tokenizer.parse_response(completion)
+        except Exception:  # noqa: BLE001 - a parser error is a malformed completion, never a crash
+            return _fail("template_parse_error")
+        calls = []
+        for item in (message or {}).get("tool_calls") or []:
+            call = normalize_call(item.get("function", item) if isinstance(item, dict) else None)
+            if call is None:
+                return _fail("bad_call", message.get("thinking"))
+            calls.append(call)
+        return Parsed(think=(message or {}).get("thinking"), calls=calls, reason=None)
+
+    return parse
 
 
 def parse_ground_truth(value: object) -> list[dict]:
@@ -89,4 +142,24 @@ def parse_ground_truth(value: object) -> list[dict]:
     return calls
 
 
-PARSERS = {"tool_n1": parse_tool_n1}
+PARSERS = {"tool_n1": parse_tool_n1, "hermes": parse_hermes}
+
+
+def get_parser(name: str):
+    """A parser by name; `template` is registered by the trainer for tokenizers that have one."""
+    if name not in PARSERS:
+        raise ValueError(f"parser {name!r} is unknown; choose from {sorted(PARSERS)}")
+    return PARSERS[name]
+
+
+def parse(completion, parser: str = "tool_n1", lenient: bool = False) -> Parsed:
+    """Parse a completion (a string, or TRL's conversational [{"role", "content"}]) with the named parser."""
+    return get_parser(parser)(completion_text(completion), lenient=lenient)
+
+
+def completion_text(completion) -> str | None:
+    """TRL passes plain strings, or for conversational data [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content", "")
+        return content if isinstance(content, str) else None
+    return completion if isinstance(completion, str) else None

@@ -15,7 +15,7 @@ import json
 from collections import Counter
 
 from rewards.base import Scores
-from rewards.parsing import parse_ground_truth, parse_tool_n1
+from rewards.parsing import completion_text, parse, parse_ground_truth
 
 
 def canonical(call: dict) -> tuple[str, str]:
@@ -35,28 +35,50 @@ def match_reason(calls: list[dict], truth: list[dict]) -> str | None:
     return "wrong_args"
 
 
-def score_tool_n1(completion: str, ground_truth: object) -> tuple[float, str | None]:
-    parsed = parse_tool_n1(completion)
+def score_tool_n1(completion, ground_truth: object, parser: str = "tool_n1", lenient: bool = False) -> tuple[float, str | None]:
+    parsed = parse(completion, parser, lenient)
     if parsed.calls is None:
         return 0.0, parsed.reason
     reason = match_reason(parsed.calls, parse_ground_truth(ground_truth))
     return (1.0 if reason is None else 0.0), reason
 
 
-def tool_n1_reward(completions: list[str], ground_truth: list, **kwargs) -> list[float]:
-    """TRL reward signature. `ground_truth[i]`: list of {"name", "arguments"} or its JSON string."""
-    scored = [score_tool_n1(_text(c), gt) for c, gt in zip(completions, ground_truth, strict=True)]
+def tool_n1_reward(completions: list[str], ground_truth: list, parser: str = "tool_n1", lenient: bool = False,
+                   **kwargs) -> list[float]:
+    """TRL reward signature. `ground_truth[i]`: list of {"name", "arguments"} or its JSON string.
+    `parser` (tool_n1 | hermes | template) and `lenient` choose how answers are read."""
+    scored = [score_tool_n1(c, gt, parser, lenient) for c, gt in zip(completions, ground_truth, strict=True)]
     return Scores([s for s, _ in scored], [r for _, r in scored])
 
 
-def format_reward(completions: list[str], **kwargs) -> list[float]:
-    """1 if the completion is a well-formed think + JSON list of calls, whatever the calls."""
-    parsed = [parse_tool_n1(_text(c)) for c in completions]
+def format_reward(completions: list[str], parser: str = "tool_n1", lenient: bool = False, **kwargs) -> list[float]:
+    """1 if the completion is well formed (think + JSON list of calls for tool_n1), whatever the calls."""
+    parsed = [parse(c, parser, lenient) for c in completions]
     return Scores([p.calls is not None for p in parsed], [p.reason for p in parsed])
 
 
-def _text(completion) -> str:
-    """TRL passes plain strings, or for conversational data [{"role": "assistant", "content": ...}]."""
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    return completion if isinstance(completion, str) else ""
+def tool_n1_partial_reward(completions: list[str], ground_truth: list, name_credit: float = 0.2, parser: str = "tool_n1",
+                           lenient: bool = False, **kwargs) -> list[float]:
+    """The partial-credit variant of Tool-N1's reward ablation: 1 for an exact match,
+    `name_credit` when the answer is well formed and calls the right functions (as a
+    multiset) with wrong arguments, else 0."""
+    values, reasons = [], []
+    for c, gt in zip(completions, ground_truth, strict=True):
+        value, reason = score_tool_n1(c, gt, parser, lenient)
+        if reason == "wrong_args":
+            value = name_credit
+        values.append(value)
+        reasons.append(reason)
+    return Scores(values, reasons)
+
+
+def length_penalty(completions: list[str], soft_chars: int = 400, hard_chars: int = 800, **kwargs) -> list[float]:
+    """0 up to soft_chars characters, then linearly down to -1 at hard_chars (DAPO's overlong
+    shaping, in characters so that it needs no tokenizer)."""
+    values, reasons = [], []
+    for c in completions:
+        n = len(completion_text(c) or "")
+        v = 0.0 if n <= soft_chars else -min(1.0, (n - soft_chars) / max(hard_chars - soft_chars, 1))
+        values.append(v)
+        reasons.append("too_long" if v < 0 else None)
+    return Scores(values, reasons)

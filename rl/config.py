@@ -58,6 +58,7 @@ class RewardFunction:
     name: Optional[str] = None  # built-in or entry-point name
     _target_: Optional[str] = None  # or any importable function
     weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # bound to the function, e.g. {name_credit: 0.5}
 
 
 @dataclass
@@ -141,10 +142,15 @@ SCHEMAS = {
 
 
 def register() -> None:
-    """Make `_schema` available in every group; conf/<group>/*.yaml list it first in defaults."""
+    """Make `_schema` available in every group (conf/<group>/*.yaml list it first in
+    defaults), and `reward=<name>` for every installed reward plugin."""
+    from rewards.combine import plugins
+
     cs = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name="_schema", node=schema)
+    for name in plugins():
+        cs.store(group="reward", name=name, node=RewardConfig(functions=[RewardFunction(name=name)], exact_match=name))
 
 
 register()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 # what the console line shows, in order, when present
-HEADLINE = ("reward/total", "reward/tool_n1", "eval/exact_match", "zero_variance_groups", "loss", "kl", "entropy",
+HEADLINE = ("base/exact_match", "sft/loss_last", "reward/total", "reward/tool_n1", "eval/exact_match", "zero_variance_groups", "loss", "kl", "entropy",
             "grad_norm", "tokens_per_s", "time/step_s")
 
 

@@ -12,6 +12,7 @@ import torch
 from envs.base import Env, make_env
 from envs.datasets import load_tasks
 from rewards.combine import WeightedReward
+from rewards.parsing import PARSERS, template_parser
 from rl.engines import Engine, make_engine
 from rl.metrics import MetricsLogger
 from rl.models import load_model, load_tokenizer
@@ -60,6 +61,8 @@ class Setup:
         seed_everything(cfg.trainer.seed)
         device = pick_device(cfg.trainer.device)
         tokenizer = load_tokenizer(cfg.model)
+        if getattr(tokenizer, "response_template", None):  # the model's own parser: reward kwarg parser=template
+            PARSERS["template"] = template_parser(tokenizer)
         policy = load_model(cfg.model, tokenizer, device)
         train_tasks, eval_tasks = load_tasks(cfg.data)
         s = cfg.algo.sampling

@@ -95,3 +95,11 @@ def test_kl_and_several_updates_per_batch_run(tiny, tmp_path):
     steps = [r for r in metrics(tmp_path) if "loss" in r]
     assert all("kl" in r and r["kl"] >= 0 for r in steps)
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference
+
+
+def test_gradient_checkpointing_and_plain_prompt_path_train(tiny, tmp_path):
+    train(tiny(*DENSE, "model.gradient_checkpointing=true", "trainer.lr=1e-3", "algo.sampling.temperature=1.5",
+               "trainer.token_budget=64"))
+    steps = [r for r in metrics(tmp_path) if "loss" in r]
+    assert all(r["micro_batches"] >= 2 for r in steps)  # the small budget split the batch
+    assert any(r["grad_norm"] > 0 for r in steps)

@@ -1,0 +1,44 @@
+"""The single-turn env renders the Tool-N1 system prompt, or hands tools to the chat template."""
+
+from transformers import AutoTokenizer
+
+from envs.single_turn import SingleTurnEnv, gold_answer
+from envs.synthetic import generate
+from rl.models import smollm2_folder
+
+TASK = generate(1, 0)[0]
+
+
+def tokenizer():
+    return AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+def test_tool_n1_prompt_lists_the_tools_as_json():
+    env = SingleTurnEnv(tokenizer())
+    messages = env.reset(TASK)
+    assert messages[0]["role"] == "system" and "<tools>" in messages[0]["content"]
+    assert all(f'"name": "{t["name"]}"' in messages[0]["content"] for t in TASK["tools"])
+    text = env.tokenizer.decode(env.prompt_ids(TASK))
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_template_tools_go_to_the_chat_template():
+    tok = tokenizer()
+    tok.chat_template = (
+        "{% for t in tools %}TOOL:{{ t['name'] }}\n{% endfor %}"
+        "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}assistant:"
+    )
+    env = SingleTurnEnv(tok, use_template_tools=True)
+    text = tok.decode(env.prompt_ids(TASK))
+    assert all(f"TOOL:{t['name']}" in text for t in TASK["tools"])
+    assert "<tools>" not in text
+
+
+def test_custom_system_prompt_gets_the_tools():
+    env = SingleTurnEnv(tokenizer(), system_prompt="Functions: {tools}. Answer in JSON.")
+    assert env.reset(TASK)[0]["content"].startswith('Functions: {"name"')
+
+
+def test_gold_answer_shape():
+    answer = gold_answer(TASK)
+    assert answer.startswith("<think>") and answer.endswith("</tool_call>")

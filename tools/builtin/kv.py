@@ -1,0 +1,43 @@
+"""A small in-memory key-value store: one per episode, so its tools are stateful and run in
+the trainer's process (isolated=False) with schema validation and error messages only."""
+
+from __future__ import annotations
+
+from tools.registry import Tool
+
+
+class KeyValueStore:
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def kv_set(self, key: str, value: str) -> str:
+        """Store a value under a key.
+
+        Args:
+            key: The key.
+            value: The value to store.
+        """
+        self.data[key] = value
+        return "ok"
+
+    def kv_get(self, key: str) -> str:
+        """Read the value stored under a key.
+
+        Args:
+            key: The key.
+        """
+        if key not in self.data:
+            raise KeyError(f"no value stored under {key!r}")
+        return self.data[key]
+
+    def kv_delete(self, key: str) -> str:
+        """Delete a key.
+
+        Args:
+            key: The key.
+        """
+        self.data.pop(key, None)
+        return "ok"
+
+    def tools(self) -> list[Tool]:
+        return [Tool.from_function(f, isolated=False) for f in (self.kv_set, self.kv_get, self.kv_delete)]
