@@ -45,8 +45,10 @@ def save(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict, ke
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    # checkpoint-0 (where RL starts, after any warm-up) stays: it is the KL reference
     for old in all_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != "checkpoint-0":
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

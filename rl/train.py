@@ -86,7 +86,10 @@ def train(cfg: DictConfig) -> dict:
                     summary["after_warmup"] = run_eval()
                 s.logger.log(0, {**summary["sft"], **summary["after_warmup"]})
         save(cfg, s, 0, opt, sched, data, summary)  # a crash during RL never redoes the warm-up
-    ref = load_reference(policy) if algo.kl_coef > 0 else None  # after the warm-up: KL to where RL starts
+    ref = None
+    if algo.kl_coef > 0:  # KL to where RL started (after the warm-up): checkpoint-0, also after a resume
+        ref = load_reference(policy)
+        checkpoint.load_policy_weights(ref, out / "checkpoint-0")
 
     s.logger.say(f"RL: steps {start + 1}..{cfg.trainer.steps}, {cfg.trainer.batch_size} prompts x {G} completions each")
     rl_started = time.perf_counter()
