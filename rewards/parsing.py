@@ -106,11 +106,13 @@ def parse_hermes(completion: str, lenient: bool = False) -> Parsed:
 
 def template_parser(tokenizer):
     """A parser from the model's own chat template (transformers' `parse_response`, for
-    tokenizers that define a response template); its `tool_calls` become our calls."""
+    tokenizers that define a response template); its `tool_calls` become our calls. The
+    completion is parsed on its own (prefix ""): templates that pre-write part of the answer
+    in the prompt are not covered."""
 
     def parse(completion: str, lenient: bool = False) -> Parsed:
         try:
-            message = tokenizer.parse_response(completion)
+            message = tokenizer.parse_response(completion, prefix="")
         except Exception:  # noqa: BLE001 - a parser error is a malformed completion, never a crash
             return _fail("template_parse_error")
         calls = []

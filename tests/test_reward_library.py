@@ -118,7 +118,8 @@ def test_lenient_takes_code_fences_and_trailing_text():
 
 def test_template_parser_maps_tool_calls():
     class Tok:
-        def parse_response(self, text):
+        def parse_response(self, text, prefix=None):
+            assert prefix == ""
             if text == "boom":
                 raise ValueError("unparseable")
             return {"role": "assistant", "thinking": "t",
