@@ -79,7 +79,8 @@ def read_hub(dataset_id: str, split: str) -> list:
 def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out eval rows)."""
     if cfg.name == "synthetic":
-        return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights)
+        return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
+                                          cfg.builtin_tools)
     read = {"jsonl": lambda p: read_jsonl(p), "hub": lambda p: read_hub(p, cfg.split)}.get(cfg.name)
     if read is None:
         raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl or hub")

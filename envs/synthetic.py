@@ -101,6 +101,28 @@ TOOLS: tuple[ToolSpec, ...] = (
     ),
 )
 
+
+def _builtin_specs() -> tuple[ToolSpec, ...]:
+    """Tasks over the project's real, executable tools (tools/builtin), schemas taken from the
+    tools themselves, so every gold call also runs in the sandbox."""
+    from tools.registry import get_tool
+
+    dates = ["2026-01-15", "2026-02-27", "2026-03-01", "2026-06-30", "2026-12-24", "2027-02-28"]
+    units = [("km", "mi"), ("mi", "km"), ("kg", "lb"), ("lb", "kg"), ("c", "f"), ("f", "c"), ("l", "gal"), ("h", "min")]
+    return (
+        ToolSpec(get_tool("calculate").spec,
+                 lambda r: {"expression": f"{r.randint(2, 99)} {r.choice('+-*')} ({r.randint(2, 30)} {r.choice('+-*')} {r.randint(2, 30)})"},
+                 ("Calculate {expression}.", "What is {expression}?")),
+        ToolSpec(get_tool("convert_units").spec,
+                 lambda r: dict(zip(("value", "from_unit", "to_unit"), (r.choice([1, 3, 10, 25, 100]), *r.choice(units)))),
+                 ("Convert {value} {from_unit} to {to_unit}.", "How much is {value} {from_unit} in {to_unit}?")),
+        ToolSpec(get_tool("add_days").spec, lambda r: {"start": r.choice(dates), "days": r.choice([1, 7, 10, 30, 90])},
+                 ("What date is {days} days after {start}?", "Add {days} days to {start}.")),
+        ToolSpec(get_tool("days_between").spec, lambda r: dict(zip(("start", "end"), sorted(r.sample(dates, 2)))),
+                 ("How many days are there from {start} to {end}?", "Count the days between {start} and {end}.")),
+    )
+
+
 # Requests no tool above can serve: the right answer is [].
 IRRELEVANT = (
     "Tell me a joke about cats.", "Who wrote Hamlet?", "What is the capital of Peru?",
@@ -121,8 +143,9 @@ def _call(spec: ToolSpec, args: dict) -> dict:
     return {"name": spec.name, "arguments": args}
 
 
-def make_task(category: str, rng: random.Random) -> dict:
-    """One task of the given category, drawn from rng."""
+def make_task(category: str, rng: random.Random, catalog: tuple[ToolSpec, ...] = TOOLS) -> dict:
+    """One task of the given category, drawn from rng, over the tools in catalog."""
+    TOOLS = catalog  # noqa: N806 - the catalog the categories below draw from
     if category == "simple":
         spec = rng.choice(TOOLS)
         args = spec.sample_args(rng)
@@ -156,13 +179,20 @@ def make_task(category: str, rng: random.Random) -> dict:
     }
 
 
-def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGORIES, weights: list[float] | None = None) -> list[dict]:
-    """n tasks, categories drawn with the given weights; same seed, same rows."""
+def catalog(builtin_tools: bool = False) -> tuple[ToolSpec, ...]:
+    return TOOLS + _builtin_specs() if builtin_tools else TOOLS
+
+
+def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGORIES, weights: list[float] | None = None,
+             builtin_tools: bool = False) -> list[dict]:
+    """n tasks, categories drawn with the given weights; same seed, same rows. builtin_tools
+    adds tasks over the executable built-in tools (calculator, units, dates)."""
     rng = random.Random(seed)
+    tools = catalog(builtin_tools)
     rows = []
     for i in range(n):
         category = rng.choices(list(categories), weights=weights)[0]
-        rows.append({"id": f"synthetic-{seed}-{i}", **make_task(category, rng)})
+        rows.append({"id": f"synthetic-{seed}-{i}", **make_task(category, rng, tools)})
     return rows
 
 
@@ -171,11 +201,13 @@ def task_key(row: dict) -> tuple:
     return row["messages"][-1]["content"], tuple(sorted(t["name"] for t in row["tools"]))
 
 
-def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None) -> tuple[list[dict], list[dict]]:
+def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None,
+                     builtin_tools: bool = False) -> tuple[list[dict], list[dict]]:
     """Train rows as generate() draws them; eval rows stratified (the same count from every
     category) and disjoint from train: no eval task occurs in train."""
     categories = list(categories)
-    train = generate(n_train, seed, categories, weights)
+    train = generate(n_train, seed, categories, weights, builtin_tools)
+    tools = catalog(builtin_tools)
     seen = {task_key(r) for r in train}
     rng = random.Random(seed + 1_000_003)
     eval_rows: list[dict] = []
@@ -184,7 +216,7 @@ def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES
         for _attempt in range(200 * quota + 200):
             if quota == 0:
                 break
-            row = make_task(category, rng)
+            row = make_task(category, rng, tools)
             if task_key(row) not in seen:
                 seen.add(task_key(row))
                 eval_rows.append({"id": f"synthetic-eval-{seed}-{len(eval_rows)}", **row})

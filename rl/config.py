@@ -78,6 +78,7 @@ class DataConfig:
     seed: int = 0
     categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "irrelevance"])
     weights: Optional[list[float]] = None
+    builtin_tools: bool = False  # synthetic: also tasks over the executable built-in tools (calculator, units, dates)
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
 
 

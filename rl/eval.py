@@ -35,7 +35,7 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
     for g in generations:
         by_category[g["category"]].append(g)
     metrics = {}
-    names = list(reward_fn_names(generations))
+    names = [name for name, _, _ in reward_fn.functions]
     for name in names:
         metrics[f"eval/{name}"] = mean(g[name] for g in generations)
         for category, rows in sorted(by_category.items()):
@@ -51,11 +51,6 @@ def columns(tasks: list[dict]) -> dict[str, list]:
     """Dataset columns as keyword lists, the way TRL hands them to reward functions."""
     keys = {k for t in tasks for k in t}
     return {k: [t.get(k) for t in tasks] for k in keys}
-
-
-def reward_fn_names(generations: list[dict]):
-    skip = {"id", "category", "completion", "reason"}
-    return [k for k in generations[0] if k not in skip] if generations else []
 
 
 def count_reasons(reasons) -> dict[str, int]:

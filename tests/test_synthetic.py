@@ -54,3 +54,17 @@ def test_task_stream_resumes_exactly():
     assert [a.next_batch() for _ in range(4)] == [b.next_batch() for _ in range(4)]
     epoch = TaskStream(rows, 5, seed=0)
     assert sorted(r["id"] for r in epoch.next_batch() + epoch.next_batch()) == list(range(10))
+
+
+def test_builtin_tool_tasks_run_in_the_sandbox():
+    from tools.registry import get_tool
+    from tools.sandbox import run_named
+
+    builtin = {"calculate", "convert_units", "add_days", "days_between"}
+    rows = [r for r in synthetic.generate(300, 5, builtin_tools=True) if {c["name"] for c in r["ground_truth"]} & builtin]
+    assert len(rows) > 20
+    for row in rows[:40]:
+        check_row(row)
+        tools = {t["name"]: get_tool(t["name"]) for t in row["tools"] if t["name"] in builtin}
+        results = run_named([c for c in row["ground_truth"] if c["name"] in builtin], tools)
+        assert all(r.ok for r in results), (row, results)
