@@ -6,8 +6,8 @@ groups with variance to learn from.
 
 The loss is -mean log pi(gold token) over answer tokens, computed with the same chunked
 token_logprobs and the env's exact prompt tokens as RL. (TRL's SFTTrainer does the same job
-but materialises full-vocab logits over every prompt token too: ~3x slower per step on the
-embedded default, which matters on a CPU budget of minutes.)
+but materialises full-vocab logits over every prompt token too; bench/sft_warmup.py times
+both on the same batch.)
 """
 
 from __future__ import annotations
