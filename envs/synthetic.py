@@ -143,20 +143,19 @@ def _call(spec: ToolSpec, args: dict) -> dict:
     return {"name": spec.name, "arguments": args}
 
 
-def make_task(category: str, rng: random.Random, catalog: tuple[ToolSpec, ...] = TOOLS) -> dict:
-    """One task of the given category, drawn from rng, over the tools in catalog."""
-    TOOLS = catalog  # noqa: N806 - the catalog the categories below draw from
+def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = TOOLS) -> dict:
+    """One task of the given category, drawn from rng, over the tools in specs."""
     if category == "simple":
-        spec = rng.choice(TOOLS)
+        spec = rng.choice(specs)
         args = spec.sample_args(rng)
         offered, query, calls = [spec], _ask(spec, args, rng), [_call(spec, args)]
     elif category == "multiple":
-        offered = rng.sample(TOOLS, rng.randint(2, 3))
+        offered = rng.sample(specs, rng.randint(2, 3))
         spec = rng.choice(offered)
         args = spec.sample_args(rng)
         query, calls = _ask(spec, args, rng), [_call(spec, args)]
     elif category == "parallel":
-        spec = rng.choice(TOOLS)
+        spec = rng.choice(specs)
         arg_sets: list[dict] = []
         while len(arg_sets) < rng.randint(2, 3):
             args = spec.sample_args(rng)
@@ -167,7 +166,7 @@ def make_task(category: str, rng: random.Random, catalog: tuple[ToolSpec, ...] =
         query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
         calls = [_call(spec, a) for a in arg_sets]
     elif category == "irrelevance":
-        offered = rng.sample(TOOLS, rng.randint(1, 2))
+        offered = rng.sample(specs, rng.randint(1, 2))
         query, calls = rng.choice(IRRELEVANT), []
     else:
         raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES}")

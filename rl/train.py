@@ -173,7 +173,7 @@ def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict
 def make_optimizer(cfg, policy):
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-    total = max(cfg.steps * 1, 1)
+    total = max(cfg.steps, 1)
 
     def factor(step: int) -> float:
         if step < cfg.lr_warmup_steps:
