@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from rewards.base import Scores
 from rewards.parsing import parse
+from tools.sandbox import first_error
 
 
 def tool_schemas(tools) -> dict[str, dict]:
@@ -32,7 +32,7 @@ def call_error(call: dict, schemas: dict[str, dict]) -> str | None:
     if schema is None:
         return "unknown_tool"
     try:
-        error = next(iter(Draft202012Validator(schema).iter_errors(call["arguments"])), None)
+        error = first_error(schema, call["arguments"])
     except SchemaError:
         return "tool_schema_invalid"
     if error is None:

@@ -143,3 +143,9 @@ def test_config_kwargs_are_bound():
 def test_every_builtin_is_registered():
     assert {"tool_n1", "tool_n1_partial", "format", "toolrl", "toolrl_format", "toolrl_correctness",
             "schema_validity", "length_penalty"} <= set(REWARDS)
+
+
+def test_schema_validity_with_an_invalid_tool_schema_is_a_reason_not_a_crash():
+    broken = [{"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": 5}}}}]
+    out = schema_validity_reward([answer([f(a=1)])], [broken])
+    assert out == [0.0] and out.reasons == ["tool_schema_invalid"]

@@ -122,3 +122,10 @@ def test_key_value_store_keeps_state_per_episode():
     assert "no value stored" in run_call(tools["kv_get"], {"key": "other"}).content
     fresh = {t.name: t for t in KeyValueStore().tools()}
     assert not run_call(fresh["kv_get"], {"key": "k"}).ok
+
+
+def test_a_tool_with_an_invalid_schema_is_a_message():
+    broken = Tool(fn=forecast, schema={"type": "function", "function": {
+        "name": "broken", "description": "", "parameters": {"type": "object", "properties": {"city": {"type": 5}}}}})
+    result = run_call(broken, {"city": "Oslo"})
+    assert result.error == "invalid_arguments" and "schema of broken is invalid" in result.content

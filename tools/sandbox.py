@@ -5,6 +5,7 @@ for the model; the trainer never sees an exception."""
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -13,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from tools.registry import Tool
 
@@ -28,12 +30,29 @@ def _format(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
+@functools.lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Draft202012Validator:
+    schema = json.loads(schema_json)
+    Draft202012Validator.check_schema(schema)  # an invalid schema fails here, not halfway through validation
+    return Draft202012Validator(schema)
+
+
+def first_error(schema: dict, arguments: dict) -> ValidationError | None:
+    """The arguments' first violation of a JSON schema (shallowest path first), or None.
+    Raises SchemaError when the schema itself is invalid."""
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(map(str, e.path)))
+    return errors[0] if errors else None
+
+
 def validate(tool: Tool, arguments: dict) -> str | None:
     """None if the arguments fit the tool's schema, else a message saying what is wrong."""
-    errors = sorted(Draft202012Validator(tool.spec["parameters"]).iter_errors(arguments), key=lambda e: list(e.path))
-    if not errors:
+    try:
+        e = first_error(tool.spec["parameters"], arguments)
+    except SchemaError as bad:
+        return f"Error: the schema of {tool.name} is invalid ({bad.message}); the call was not run"
+    if e is None:
         return None
-    e = errors[0]
     where = ".".join(map(str, e.path)) or "arguments"
     return f"Error: invalid arguments for {tool.name}: {where}: {e.message}"
 
