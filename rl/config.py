@@ -28,6 +28,19 @@ class EngineConfig:
     name: str = "hf"
     dtype: Optional[str] = None  # hf: sample from a copy in this dtype (synced every step); null = share the policy
     prefill_once: bool = True  # hf: prefill each prompt once and share its KV cache across the group
+    # vllm / vllm_server
+    gpu_memory_utilization: float = 0.5  # share of GPU memory vLLM takes (colocated: the trainer needs the rest)
+    kv_cache_gb: Optional[float] = None  # fixed KV-cache size instead; on CPU null means 1 GiB
+    max_model_len: Optional[int] = None  # null = the model's
+    enforce_eager: Optional[bool] = None  # null: eager on CPU (compiling costs minutes, gains nothing), compiled on CUDA
+    sleep: bool = False  # vllm: release KV cache + offload weights while the trainer steps (CUDA only)
+    sync_dir: Optional[str] = None  # RAM-backed folder the weights pass through; null = /dev/shm
+    shard_mb: int = 512  # weights are pushed in safetensors shards of at most this size
+    probe_tokens: int = 8  # weight-sync check: greedy tokens of a fixed probe prompt
+    probe_tolerance: Optional[float] = None  # max |logprob diff| engine vs trainer; null: 1e-3 float32, 0.1 bf16/fp16
+    url: str = "http://127.0.0.1:8000"  # vllm_server: the server started with `python -m rl.engines.vllm_server`
+    connect_timeout_s: float = 300.0  # vllm_server: wait this long for /health, then fail
+    request_timeout_s: float = 600.0  # vllm_server: one generate or sync request
 
 
 @dataclass

@@ -69,7 +69,7 @@ class Setup:
         return cls(
             policy=policy,
             tokenizer=tokenizer,
-            engine=make_engine(cfg.engine, policy, tokenizer),
+            engine=make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed),
             env=make_env(cfg.env, tokenizer),
             train_tasks=train_tasks,
             eval_tasks=eval_tasks,

@@ -110,6 +110,7 @@ def train(cfg: DictConfig) -> dict:
             **reward_metrics(scored, rewards, G), **stats, **rollout_metrics(rollouts),
             "lr": sched.get_last_lr()[0], "time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen,
             "time/sync_s": t_end - t_update, "time/step_s": t_end - t0,
+            "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0),  # engines that check their sync
             "tokens_per_s": sum(len(r.prompt) + len(r.completion) for r in rollouts) / (t_end - t0),
         }
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
@@ -126,6 +127,8 @@ def train(cfg: DictConfig) -> dict:
     summary["wall_s"] = time.perf_counter() - started
     report(s, summary, out)
     s.logger.close()
+    if hasattr(s.engine, "close"):
+        s.engine.close()
     return summary
 
 

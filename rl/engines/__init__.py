@@ -5,6 +5,7 @@
             # len(prompts) * n samples, the n of each prompt contiguous
         def load_weights(self, policy) -> None
             # make the engine sample from the policy's current weights
+    Optional: close() releases processes; last_sync_s / last_probe_diff are logged.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ class Engine(Protocol):
     def load_weights(self, policy) -> None: ...
 
 
-def make_engine(cfg, policy, tokenizer) -> Engine:
+def make_engine(cfg, policy, tokenizer, seed: int = 0) -> Engine:
     if cfg.name == "hf":
         from rl.engines.hf import HFEngine
 
         return HFEngine(policy, tokenizer, dtype=cfg.dtype, prefill_once=cfg.prefill_once)
-    raise ValueError(f"engine.name={cfg.name!r} is not available: use engine=hf")
+    if cfg.name == "vllm":
+        from rl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, policy, tokenizer, seed)
+    if cfg.name == "vllm_server":
+        from rl.engines.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(cfg, policy, tokenizer)
+    raise ValueError(f"engine.name={cfg.name!r} is not available: use engine=hf, engine=vllm or engine=vllm_server")

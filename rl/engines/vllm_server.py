@@ -1,0 +1,175 @@
+"""Server mode: rollouts from a vLLM OpenAI-compatible server on other GPUs (or another
+process), weight sync through the server's dev endpoints.
+
+Start the server (same machine; its GPUs are set with CUDA_VISIBLE_DEVICES):
+
+    CUDA_VISIBLE_DEVICES=1 python -m rl.engines.vllm_server --model Qwen/Qwen2.5-1.5B-Instruct --port 8000
+
+then train with `engine=vllm_server engine.url=http://127.0.0.1:8000`. The trainer pushes
+its weights at start and after every step: bf16 safetensors into a RAM folder
+(engine.sync_dir, default /dev/shm; on two hosts it must be a folder both see), then
+`POST /collective_rpc toolcall_rl_reload` makes every worker reload them in place, then
+`POST /reset_prefix_cache`, then the same probe check as the colocated engine. Every
+request has a timeout (engine.connect_timeout_s, engine.request_timeout_s) and fails with
+the URL and what to do, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from rl.engines.sync import check_probe, export_weights, probe_prompt, sync_folder, tolerance, trainer_logprobs
+from rl.types import Sample, SamplingParams
+
+START_HINT = "start one with `python -m rl.engines.vllm_server --model <model> --port <port>` (README, server mode)"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class VLLMServerEngine:
+    def __init__(self, cfg, policy, tokenizer):
+        self.cfg, self.url = cfg, cfg.url.rstrip("/")
+        self.dtype = cfg.dtype or "bfloat16"
+        self.tolerance = tolerance(cfg, self.dtype)
+        wait_for_server(self.url, cfg.connect_timeout_s)
+        self.model = self._request("GET", "/v1/models")["data"][0]["id"]
+        self.folder = sync_folder(cfg.sync_dir)
+        self.probe = probe_prompt(tokenizer)
+        self.last_sync_s = 0.0
+        self.last_probe_diff = 0.0
+        self.load_weights(policy)  # the server may hold other weights (base model, an older run)
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Sample]:
+        seeds = [int(torch.randint(2**31 - 1, ())) for _ in prompts]  # from torch's RNG: restored on resume
+        with ThreadPoolExecutor(max_workers=min(32, len(prompts))) as pool:  # one request per group
+            groups = pool.map(lambda ps: self._complete(ps[0], n, sampling, ps[1]), zip(prompts, seeds))
+            return [sample for group in groups for sample in group]  # B*G, groups contiguous
+
+    def load_weights(self, policy) -> None:
+        start = time.perf_counter()
+        export_weights(policy, self.folder, self.dtype, self.cfg.shard_mb)
+        self._request("POST", "/collective_rpc", {"method": "toolcall_rl_reload",
+                                                  "kwargs": {"weights_path": str(self.folder)}})
+        self._request("POST", "/reset_prefix_cache")
+        self.last_sync_s = time.perf_counter() - start
+        self.verify(policy)
+
+    def verify(self, policy) -> float:
+        probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
+        sample = self._complete(self.probe, 1, probe, seed=0)[0]
+        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer_logprobs(policy, self.probe, sample.completion),
+                                           self.tolerance, f"vllm_server {self.url}")
+        return self.last_probe_diff
+
+    def _complete(self, prompt: list[int], n: int, s: SamplingParams, seed: int) -> list[Sample]:
+        if s.temperature == 0 and n > 1:  # the server refuses n > 1 when greedy; the n copies are equal anyway
+            return self._complete(prompt, 1, s, seed) * n
+        body = {"model": self.model, "prompt": prompt, "n": n, "temperature": s.temperature, "top_p": s.top_p,
+                "max_tokens": s.max_new_tokens, "stop": list(s.stop) or None, "include_stop_str_in_output": True,
+                "logprobs": 0, "return_token_ids": True, "skip_special_tokens": False, "seed": seed}
+        choices = sorted(self._request("POST", "/v1/completions", body)["choices"], key=lambda c: c["index"])
+        return [Sample(list(c["token_ids"]), list(c["logprobs"]["token_logprobs"]),
+                       "length" if c["finish_reason"] == "length" else "stop") for c in choices]
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        return request(self.url, method, path, body, self.cfg.request_timeout_s)
+
+
+def request(url: str, method: str, path: str, body: dict | None, timeout_s: float) -> dict:
+    """One HTTP call with a deadline; every failure names the URL, the path and the fix."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            text = resp.read().decode()
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:500]
+        hint = (" (the server needs VLLM_SERVER_DEV_MODE=1 for weight sync: start it with "
+                "`python -m rl.engines.vllm_server`)") if e.code == 404 else ""
+        raise ServerError(f"vLLM server {url}: {method} {path} -> HTTP {e.code}{hint}: {detail}") from None
+    except (TimeoutError, socket.timeout):
+        raise TimeoutError(f"vLLM server {url}: {method} {path} got no answer within {timeout_s:g} s "
+                           "(engine.request_timeout_s); is the server overloaded or stuck?") from None
+    except urllib.error.URLError as e:
+        raise ConnectionError(f"vLLM server {url}: {method} {path} failed ({e.reason}); {START_HINT}") from None
+    return json.loads(text) if text.strip() else {}
+
+
+def wait_for_server(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no vLLM server answered at {url}/health within {timeout_s:g} s "
+                                   f"(engine.connect_timeout_s); {START_HINT}, or set engine.url") from None
+            time.sleep(1.0)
+
+
+def server_command(args: argparse.Namespace) -> list[str]:
+    """The vLLM API server with what the trainer needs: dev endpoints, our worker extension,
+    processed (temperature-scaled) logprobs, prefix caching."""
+    from rl.models import resolve
+
+    cuda = torch.cuda.is_available()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve(args.model),
+           "--host", args.host, "--port", str(args.port), "--dtype", args.dtype, "--seed", str(args.seed),
+           "--worker-extension-cls", "rl.engines.vllm.WorkerExtension", "--logprobs-mode", "processed_logprobs",
+           "--enable-prefix-caching", "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    kv_gb = args.kv_cache_gb if args.kv_cache_gb is not None else (None if cuda else 1.0)
+    if kv_gb is not None:
+        cmd += ["--kv-cache-memory-bytes", str(int(kv_gb * (1 << 30)))]
+    if args.max_model_len:
+        cmd += ["--max-model-len", str(args.max_model_len)]
+    if not cuda:
+        cmd += ["--enforce-eager"]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Start a vLLM server the trainer can sample from and sync (engine=vllm_server)")
+    p.add_argument("--model", default="smollm2-135m", help="hub id, local folder, or smollm2-135m")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--kv-cache-gb", type=float, default=None, help="fixed KV cache size (CPU default 1)")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--stop-after-s", type=float, default=None, help="shut the server down after this long")
+    args = p.parse_args(argv)
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    server = subprocess.Popen(server_command(args), env=env)
+    try:
+        return server.wait(timeout=args.stop_after_s)
+    except subprocess.TimeoutExpired:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

