@@ -136,6 +136,9 @@ class TrainerConfig:
     eval_every: int = 0  # 0 = only before and after training
     eval_size: Optional[int] = None  # null = the whole eval split
     eval_batch: int = 32
+    eval_k: int = 1  # > 1: k samples per held-out task at the sampling temperature, reports pass@k and mean@k
+    eval_bfcl: list[str] = field(default_factory=list)  # BFCL categories scored with BFCL's checker at every eval
+    eval_bfcl_limit: Optional[int] = None  # first N entries per BFCL category; null = all
     sft: SFTConfig = field(default_factory=SFTConfig)
 
 

@@ -1,13 +1,20 @@
-"""Evaluation: greedy answers on held-out tasks, scored by the configured rewards.
+"""Evaluation: answers on held-out tasks scored by the configured rewards, and BFCL
+categories scored by BFCL's own checker.
 
     python -m rl.eval model.name_or_path=outputs/smollm2-synthetic/checkpoint-12
+    python -m rl.eval model.name_or_path=... 'trainer.eval_bfcl=[simple_python,multiple,parallel,parallel_multiple,irrelevance]'
+    python -m rl.eval score --category simple_python --predictions preds.jsonl --out result.json
 
-takes the same config as training (so the same data split and prompt), prints a table per
-category and writes eval.json and generations.jsonl next to the model."""
+The first two take the same config as training (so the same data split, prompt and engine),
+print a table per category and write eval.json and generations.jsonl to trainer.output_dir.
+`score` scores raw completions without a model: each line of preds.jsonl is
+{"id": <BFCL id>, "completion": <raw model text>}; ids missing from it count as wrong."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,19 +23,22 @@ import torch
 from rl.types import SamplingParams
 
 
-def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampling: SamplingParams, batch: int):
+def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampling: SamplingParams, batch: int,
+             k: int = 1):
     """Returns (metrics, generations): metrics has eval/<reward> overall and per category,
-    eval/exact_match, and the share of each failure reason of the exact-match reward."""
-    greedy = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=sampling.max_new_tokens, stop=sampling.stop)
+    eval/exact_match, and the share of each failure reason of the exact-match reward.
+    k = 1: one greedy answer per task. k > 1: k samples at sampling.temperature, and
+    eval/pass@k (some sample exact) and eval/mean@k (mean exact match over samples)."""
+    params = sampling if k > 1 else SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     generations = []
-    for i in range(0, len(tasks), batch):
-        chunk = tasks[i : i + batch]
-        rollouts = env.rollout(engine, chunk, 1, greedy)
-        scored = reward_fn([r.text for r in rollouts], **columns(chunk))
+    for i in range(0, len(tasks), max(batch // k, 1)):
+        chunk = tasks[i : i + max(batch // k, 1)]
+        rollouts = env.rollout(engine, chunk, k, params)  # [len(chunk) * k], a task's k samples contiguous
+        scored = reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
         for j, r in enumerate(rollouts):
             generations.append({
-                "id": r.task.get("id"), "category": r.task.get("category", "default"), "completion": r.text,
-                **{name: values[j] for name, values in scored.per_function.items()},
+                "id": r.task.get("id"), "category": r.task.get("category", "default"), "sample": j % k,
+                "completion": r.text, **{name: values[j] for name, values in scored.per_function.items()},
                 "reason": scored.reasons[exact_match][j] if exact_match in scored.reasons else None,
             })
     by_category = defaultdict(list)
@@ -42,8 +52,36 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
             metrics[f"eval/{category}/{name}"] = mean(g[name] for g in rows)
     if exact_match in names:
         metrics["eval/exact_match"] = metrics[f"eval/{exact_match}"]
+        if k > 1:
+            metrics.update(pass_and_mean_at_k([g[exact_match] for g in generations], k))
     for reason, count in count_reasons(g["reason"] for g in generations).items():
         metrics[f"eval/reason/{reason}"] = count / len(generations)
+    return metrics, generations
+
+
+def pass_and_mean_at_k(exact: list[float], k: int) -> dict[str, float]:
+    """exact: [tasks * k] exact-match values, a task's k samples contiguous."""
+    per_task = torch.tensor(exact, dtype=torch.float32).view(-1, k)  # [tasks, k]
+    return {f"eval/pass@{k}": (per_task >= 1.0).any(1).float().mean().item(),
+            f"eval/mean@{k}": per_task.mean().item()}
+
+
+def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, sampling: SamplingParams, batch: int):
+    """Greedy answers on BFCL categories, scored by BFCL's AST checker: bfcl/<category> accuracy."""
+    from rl import bfcl
+
+    greedy = SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
+    metrics, generations = {}, []
+    for category in categories:
+        entries = bfcl.load_category(category)[:limit] if limit else bfcl.load_category(category)
+        tasks = [bfcl.to_task(e) for e in entries]
+        texts = [r.text for i in range(0, len(tasks), batch) for r in env.rollout(engine, tasks[i : i + batch], 1, greedy)]
+        for entry, text in zip(entries, texts):
+            generations.append({"id": entry["id"], "category": f"bfcl/{category}", "completion": text,
+                                **bfcl.score_entry(entry, text)})
+        metrics[f"bfcl/{category}"] = bfcl.score(category, {e["id"]: t for e, t in zip(entries, texts)}, entries)["accuracy"]
+    if categories:
+        metrics["bfcl/mean"] = mean(metrics[f"bfcl/{c}"] for c in categories)
     return metrics, generations
 
 
@@ -67,6 +105,8 @@ def mean(values) -> float:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "score":
+        sys.exit(score_main(sys.argv[2:]))
     import hydra
 
     from rl import config  # noqa: F401  registers the schemas
@@ -75,21 +115,51 @@ def main() -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def run(cfg):
         setup = Setup.build(cfg)
-        sampling = setup.sampling
         tasks = setup.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else setup.eval_tasks
         with torch.no_grad():
             metrics, generations = evaluate(setup.engine, setup.env, tasks, setup.reward_fn, cfg.reward.exact_match,
-                                            sampling, cfg.trainer.eval_batch)
+                                            setup.sampling, cfg.trainer.eval_batch, cfg.trainer.eval_k)
+            bfcl_metrics, bfcl_generations = evaluate_bfcl(setup.engine, setup.env, list(cfg.trainer.eval_bfcl),
+                                                           cfg.trainer.eval_bfcl_limit, setup.sampling,
+                                                           cfg.trainer.eval_batch)
+        metrics.update(bfcl_metrics)
         out = Path(cfg.trainer.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(metrics, indent=2))
         with (out / "generations.jsonl").open("w") as f:
-            for g in generations:
+            for g in generations + bfcl_generations:
                 f.write(json.dumps(g, ensure_ascii=False) + "\n")
         setup.logger.table(f"eval of {cfg.model.name_or_path}", split_table(metrics))
-        print(json.dumps({k: v for k, v in metrics.items() if "/" not in k[5:]}, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k.count("/") == 1 and "/reason" not in k}, indent=2))
+        if hasattr(setup.engine, "close"):
+            setup.engine.close()
 
     run()
+
+
+def score_main(argv: list[str]) -> int:
+    """`python -m rl.eval score`: BFCL accuracy of raw completions, no model needed."""
+    from rl import bfcl
+
+    p = argparse.ArgumentParser(prog="python -m rl.eval score", description=score_main.__doc__)
+    p.add_argument("--category", required=True, help=f"one of {bfcl.SINGLE_TURN}")
+    p.add_argument("--predictions", required=True, help='JSONL: {"id": <BFCL id>, "completion": <raw model text>}')
+    p.add_argument("--out", required=True, help="where to write the result JSON")
+    args = p.parse_args(argv)
+    predictions = {}
+    for n, line in enumerate(Path(args.predictions).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            predictions[row["id"]] = row["completion"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SystemExit(f"{args.predictions}:{n}: each line must be a JSON object with keys id and completion "
+                             f"({type(e).__name__}: {e})") from None
+    result = bfcl.score(args.category, predictions)
+    Path(args.out).write_text(json.dumps({k: result[k] for k in ("category", "n", "correct", "accuracy")}, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def split_table(metrics: dict) -> dict[str, dict[str, float]]:
@@ -97,6 +167,9 @@ def split_table(metrics: dict) -> dict[str, dict[str, float]]:
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in metrics.items():
         parts = key.split("/")
+        if parts[0] == "bfcl":
+            table[f"bfcl/{parts[1]}"]["accuracy"] = value
+            continue
         if len(parts) == 2 and parts[1] != "exact_match":
             table["all"][parts[1]] = value
         elif len(parts) == 3 and parts[1] != "reason":

@@ -36,7 +36,7 @@ from rl import checkpoint
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
 from rl.advantages import ADVANTAGES, zero_variance_share
 from rl.batching import collate, token_budget_chunks
-from rl.eval import columns, count_reasons, evaluate
+from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
 from rl.logprobs import token_logprobs
 from rl.losses import Normalizer, policy_loss
 from rl.models import load_reference
@@ -60,8 +60,7 @@ def train(cfg: DictConfig) -> dict:
     opt, sched = make_optimizer(cfg.trainer, policy)
     data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
-    run_eval = lambda: evaluate(s.engine, s.env, eval_tasks, s.reward_fn, cfg.reward.exact_match,  # noqa: E731
-                                s.sampling, cfg.trainer.eval_batch)[0]
+    run_eval = lambda: held_out_eval(cfg, s, eval_tasks)  # noqa: E731
 
     if resume_from is not None:
         state = checkpoint.load(resume_from, policy)
@@ -75,7 +74,7 @@ def train(cfg: DictConfig) -> dict:
         start, summary = 0, {"time_s": {}}
         with phase(s, summary, "base_eval", f"evaluating the starting model on {len(eval_tasks)} held-out tasks"):
             summary["base"] = run_eval()
-        s.logger.log(0, {f"base/{k[5:]}": v for k, v in summary["base"].items()})
+        s.logger.log(0, {f"base/{k.removeprefix('eval/')}": v for k, v in summary["base"].items()})
         if cfg.trainer.sft.steps > 0:
             with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
                 summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
@@ -130,6 +129,17 @@ def train(cfg: DictConfig) -> dict:
     if hasattr(s.engine, "close"):
         s.engine.close()
     return summary
+
+
+def held_out_eval(cfg, s, eval_tasks) -> dict:
+    """eval/* on the held-out split (pass@k with trainer.eval_k > 1) and bfcl/* on the
+    configured BFCL categories: logged apart from the training reward."""
+    t = cfg.trainer
+    metrics = evaluate(s.engine, s.env, eval_tasks, s.reward_fn, cfg.reward.exact_match, s.sampling, t.eval_batch,
+                       t.eval_k)[0]
+    if t.eval_bfcl:
+        metrics.update(evaluate_bfcl(s.engine, s.env, list(t.eval_bfcl), t.eval_bfcl_limit, s.sampling, t.eval_batch)[0])
+    return metrics
 
 
 def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict:
@@ -227,7 +237,7 @@ def report(s, summary: dict, out: Path) -> None:
     """summary.json and a table: the held-out metrics at each stage (base, warm-up, RL)."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     stages = {k: summary[k] for k in ("base", "after_warmup", "after_rl") if k in summary}
-    overall = {stage: {key[5:]: v for key, v in r.items() if key.count("/") == 1} for stage, r in stages.items()}
+    overall = {stage: {key.removeprefix("eval/"): v for key, v in r.items() if key.count("/") == 1} for stage, r in stages.items()}
     s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s)", overall)
 
 

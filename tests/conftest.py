@@ -3,6 +3,7 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
+from rl import config as _schemas  # noqa: F401  registers the config schemas
 from rl.setup import CONF_DIR
 
 

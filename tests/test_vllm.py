@@ -171,6 +171,15 @@ def test_server_mode_against_a_real_server(setup, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+    deadline = time.monotonic() + 60  # the launcher takes its server down with it
+    while time.monotonic() < deadline and port_open(port):
+        time.sleep(1)
+    assert not port_open(port)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_server_timeouts_raise_instead_of_hanging(setup):

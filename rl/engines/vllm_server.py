@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     server = subprocess.Popen(server_command(args), env=env)
+    # SIGTERM would end this launcher without its `finally` and orphan the server: make it an exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return server.wait(timeout=args.stop_after_s)
     except subprocess.TimeoutExpired:
