@@ -1,4 +1,5 @@
-"""Task rows from the synthetic generator, a local JSONL file, or a hub dataset.
+"""Task rows from the synthetic generator, a local JSONL file, a hub dataset (in any of
+the formats of envs/formats.py: ours, toolace, xlam, hermes, bfcl), or BFCL's categories.
 
 Row format (one task): {"messages": [{"role", "content"}...], "tools": [JSON schema...],
 "ground_truth": [{"name", "arguments"}...] or that list as a JSON string}; optional "id",
@@ -40,17 +41,45 @@ def check_row(row: object) -> dict:
     return {**row, "tools": tools, "ground_truth": truth, "category": row.get("category", "default")}
 
 
-def clean(rows: list, source: str, strict: bool) -> list[dict]:
+def tool_n1_filter(task: dict) -> None:
+    """Tool-N1's data filter: every gold call must validate against its own tool's schema
+    (rows whose ground truth does not parse already failed check_row)."""
+    from jsonschema.exceptions import SchemaError
+
+    from tools.sandbox import first_error
+
+    specs = {t["name"]: t.get("parameters") or {"type": "object"} for t in task["tools"]}
+    for call in task["ground_truth"]:
+        try:
+            error = first_error(specs[call["name"]], call["arguments"])
+        except SchemaError as e:
+            raise ValueError(f"filtered: the schema of {call['name']} is invalid ({e.message})") from None
+        if error is not None:
+            where = ".".join(map(str, error.path)) or "arguments"
+            raise ValueError(f"filtered: gold call {call['name']} does not validate: {where}: {error.message}")
+
+
+def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False) -> list[dict]:
+    """Converts rows from `fmt`, checks them, and (filter_) drops gold calls that do not
+    validate; bad rows are counted and the first reasons logged, or fail (strict)."""
+    from envs.formats import convert
+
     good, bad = [], []
     for i, row in enumerate(rows):
         try:
-            good.append({"id": f"{source}:{i}", **check_row(row)})
+            tasks = [check_row(t) for t in convert(row, fmt)]
+            if filter_:
+                for t in tasks:
+                    tool_n1_filter(t)
+            good += [{"id": f"{source}:{i}" + (f":{k}" if len(tasks) > 1 else ""), **t} for k, t in enumerate(tasks)]
         except ValueError as e:
             if strict:
                 raise ValueError(f"{source} row {i}: {e} (data.strict=true; set it false to skip bad rows)") from None
             bad.append(f"row {i}: {e}")
     if bad:
-        log.warning("%s: skipped %d of %d rows; first: %s", source, len(bad), len(rows), "; ".join(bad[:3]))
+        filtered = sum("filtered:" in b for b in bad)
+        log.warning("%s: skipped %d of %d rows (%d by the Tool-N1 filter); first: %s", source, len(bad), len(rows),
+                    filtered, "; ".join(bad[:3]))
     if not good:
         raise ValueError(f"{source}: no usable rows ({len(bad)} bad); first problems: {bad[:3]}")
     return good
@@ -81,14 +110,19 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     if cfg.name == "synthetic":
         return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
                                           cfg.builtin_tools)
+    if cfg.name == "bfcl":  # BFCL's own categories from the bfcl-eval package: for evaluation, not training
+        from rl import bfcl
+
+        rows = [t for c in cfg.categories for t in clean(bfcl.load_category(c), f"bfcl/{c}", cfg.strict, "bfcl")]
+        return [], rows
     read = {"jsonl": lambda p: read_jsonl(p), "hub": lambda p: read_hub(p, cfg.split)}.get(cfg.name)
     if read is None:
-        raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl or hub")
+        raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl, hub or bfcl")
     if not cfg.path:
         raise ValueError(f"data.name={cfg.name} needs data.path")
-    rows = clean(read(cfg.path), cfg.path, cfg.strict)
+    rows = clean(read(cfg.path), cfg.path, cfg.strict, cfg.format, cfg.filter)
     if cfg.eval_path:
-        return rows, clean(read(cfg.eval_path), cfg.eval_path, cfg.strict)
+        return rows, clean(read(cfg.eval_path), cfg.eval_path, cfg.strict, cfg.format, cfg.filter)
     random.Random(cfg.seed).shuffle(rows)
     if len(rows) <= cfg.n_eval:
         raise ValueError(f"{cfg.path}: {len(rows)} rows cannot spare data.n_eval={cfg.n_eval} for eval; lower it or set data.eval_path")
@@ -100,6 +134,8 @@ class TaskStream:
     the checkpoint so a resumed run sees exactly the batches it would have seen."""
 
     def __init__(self, rows: list[dict], batch_size: int, seed: int):
+        if not rows:
+            raise ValueError("no training tasks (data.name=bfcl is for evaluation: python -m rl.eval data=bfcl)")
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
         self.epoch, self.position = 0, 0
         self.order = self._order()

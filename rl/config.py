@@ -36,8 +36,8 @@ class EngineConfig:
     sleep: bool = False  # vllm: release KV cache + offload weights while the trainer steps (CUDA only)
     sync_dir: Optional[str] = None  # RAM-backed folder the weights pass through; null = /dev/shm
     shard_mb: int = 512  # weights are pushed in safetensors shards of at most this size
-    probe_tokens: int = 8  # weight-sync check: greedy tokens of a fixed probe prompt
-    probe_tolerance: Optional[float] = None  # max |logprob diff| engine vs trainer; null: 1e-3 float32, 0.1 bf16/fp16
+    probe_tokens: int = 16  # weight-sync check: greedy tokens of a fixed probe prompt
+    probe_tolerance: Optional[float] = None  # mean |logprob diff| per token, engine vs trainer; null: 1e-3 fp32, 0.1 bf16
     url: str = "http://127.0.0.1:8000"  # vllm_server: the server started with `python -m rl.engines.vllm_server`
     connect_timeout_s: float = 300.0  # vllm_server: wait this long for /health, then fail
     request_timeout_s: float = 600.0  # vllm_server: one generate or sync request
@@ -82,7 +82,7 @@ class RewardConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | jsonl | hub
+    name: str = "synthetic"  # synthetic | jsonl | hub | bfcl (BFCL's categories, eval only)
     path: Optional[str] = None  # jsonl file or hub dataset id (our row format)
     eval_path: Optional[str] = None  # held-out file/id; default: a seeded split of path
     split: str = "train"
@@ -93,6 +93,8 @@ class DataConfig:
     weights: Optional[list[float]] = None
     builtin_tools: bool = False  # synthetic: also tasks over the executable built-in tools (calculator, units, dates)
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
+    format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl (envs/formats.py)
+    filter: bool = True  # Tool-N1's filter: drop rows whose gold calls do not validate against their own tools
 
 
 @dataclass

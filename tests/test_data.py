@@ -13,7 +13,7 @@ GOOD = {"messages": [{"role": "user", "content": "Timer 5 min"}],
 
 
 def cfg(path, **kw):
-    return OmegaConf.create({"name": "jsonl", "path": str(path), "eval_path": None, "split": "train", "n_eval": 1,
+    return OmegaConf.create({"format": "ours", "filter": True, "name": "jsonl", "path": str(path), "eval_path": None, "split": "train", "n_eval": 1,
                              "seed": 0, "strict": False, **kw})
 
 

@@ -11,6 +11,7 @@ the run stops with both numbers.
 from __future__ import annotations
 
 import atexit
+from contextlib import nullcontext
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from rl.models import DTYPES
 
 PROBE_MESSAGES = [{"role": "user", "content": "What is the weather in Oslo in celsius? Answer with a tool call."}]
-DEFAULT_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
+DEFAULT_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.03}  # mean |diff| per probe token
 
 
 class WeightSyncError(RuntimeError):
@@ -83,25 +84,34 @@ def probe_prompt(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def trainer_logprobs(policy, prompt: list[int], tokens: list[int], temperature: float = 1.0) -> list[float]:
-    """log pi(token_t | prompt, tokens_<t) under the policy at `temperature`."""
+def trainer_logprobs(policy, prompt: list[int], tokens: list[int], temperature: float = 1.0,
+                     dtype: str = "float32") -> list[float]:
+    """log pi(token_t | prompt, tokens_<t) under the policy at `temperature`; with a
+    low-precision dtype the forward runs under autocast to it, to compare like with like
+    (an fp32 trainer and a bf16 engine differ by up to ~0.5 nats on a token from
+    numerics alone, measured on SmolLM2 after the warm-up)."""
     ids = torch.tensor([prompt + tokens], device=policy.device)  # [1, P+T]
-    logits = policy(input_ids=ids).logits[0, len(prompt) - 1: -1].float() / temperature  # [T, V]
+    cast = torch.autocast(policy.device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+    with cast:
+        logits = policy(input_ids=ids).logits[0, len(prompt) - 1: -1].float() / temperature  # [T, V]
     return torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]).squeeze(1).tolist()
 
 
 def check_probe(engine_lps: list[float], trainer_lps: list[float], tolerance: float, engine: str) -> float:
-    """Max |difference|; raises WeightSyncError with both numbers when over the tolerance."""
+    """Mean |difference| per probe token; raises WeightSyncError with both rows when over
+    the tolerance. The mean, not the max: low-precision noise spikes on single tokens,
+    while stale or half-loaded weights move every token."""
     if len(engine_lps) != len(trainer_lps) or not engine_lps:
         raise WeightSyncError(f"{engine}: the probe returned {len(engine_lps)} log-probs for {len(trainer_lps)} tokens")
-    diff = max(abs(a - b) for a, b in zip(engine_lps, trainer_lps))
+    diff = sum(abs(a - b) for a, b in zip(engine_lps, trainer_lps)) / len(engine_lps)
     if not diff <= tolerance:  # also catches NaN
         raise WeightSyncError(
             f"{engine} weight sync check failed: after loading the policy's weights, the engine's greedy log-probs "
-            f"of the probe prompt differ from the trainer's by {diff:.4g} (engine.probe_tolerance={tolerance}).\n"
+            f"of the probe prompt differ from the trainer's by {diff:.4g} per token on average "
+            f"(engine.probe_tolerance={tolerance}).\n"
             f"  engine : {[round(x, 4) for x in engine_lps]}\n  trainer: {[round(x, 4) for x in trainer_lps]}\n"
-            "The engine would sample from stale or partly loaded weights. If the gap is only numerics (a low-precision "
-            "engine.dtype on a long probe), raise engine.probe_tolerance.")
+            "The engine would sample from stale or partly loaded weights. If the gap is only numerics, raise "
+            "engine.probe_tolerance.")
     return diff
 
 

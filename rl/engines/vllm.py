@@ -100,8 +100,8 @@ class VLLMEngine:
         probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
         out = self.llm.generate([{"prompt_token_ids": self.probe}], self._params(probe, seed=0), use_tqdm=False)
         sample = to_sample(out[0].outputs[0])
-        self.last_probe_diff = check_probe(sample.rollout_logprobs,
-                                           trainer_logprobs(policy, self.probe, sample.completion), self.tolerance, "vllm")
+        trainer = trainer_logprobs(policy, self.probe, sample.completion, dtype=self.dtype)
+        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer, self.tolerance, "vllm")
         return self.last_probe_diff
 
     def close(self) -> None:

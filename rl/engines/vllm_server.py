@@ -71,8 +71,8 @@ class VLLMServerEngine:
     def verify(self, policy) -> float:
         probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
         sample = self._complete(self.probe, 1, probe, seed=0)[0]
-        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer_logprobs(policy, self.probe, sample.completion),
-                                           self.tolerance, f"vllm_server {self.url}")
+        trainer = trainer_logprobs(policy, self.probe, sample.completion, dtype=self.dtype)
+        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer, self.tolerance, f"vllm_server {self.url}")
         return self.last_probe_diff
 
     def _complete(self, prompt: list[int], n: int, s: SamplingParams, seed: int) -> list[Sample]:
