@@ -109,7 +109,7 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out eval rows)."""
     if cfg.name == "synthetic":
         return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
-                                          cfg.builtin_tools)
+                                          cfg.builtin_tools, cfg.bfcl_disjoint, cfg.typed_tools)
     if cfg.name == "bfcl":  # BFCL's own categories from the bfcl-eval package: for evaluation, not training
         from rl import bfcl
 

@@ -5,20 +5,27 @@ Every row is a task: {"id", "category", "messages", "tools", "ground_truth"} whe
 the list of calls [{"name", "arguments"}] that answers the user; [] when no tool applies.
 
 Categories (as BFCL names them):
-    simple       one tool offered, one call
-    multiple     several tools offered, one call
-    parallel     one tool called several times in one answer
-    irrelevance  no offered tool fits the request: the answer is []
+    simple             one tool offered, one call
+    multiple           several tools offered, one call
+    parallel           one tool called several times in one answer
+    parallel_multiple  several tools offered, calls of two or three of them in one answer
+    irrelevance        no offered tool fits the request: the answer is []
+
+Arguments cover the types BFCL checks: strings, enums, int, float, bool, arrays, nested
+objects, and optional parameters (asked for in some requests, left out in others: the gold
+call has them only when the request says them). The typed tools come with `typed_tools`. With `bfcl_disjoint` the tools are renamed
+so that no function name (nor description) is also one of BFCL's.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
-CATEGORIES = ("simple", "multiple", "parallel", "irrelevance")
+CATEGORIES = ("simple", "multiple", "parallel", "irrelevance", "parallel_multiple")
 
 CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Seoul", "Madrid", "Nairobi", "Toronto", "Hanoi", "Berlin"]
 CURRENCIES = ["USD", "EUR", "JPY", "GBP", "CHF", "CAD", "INR", "BRL"]
@@ -35,11 +42,15 @@ class ToolSpec:
 
     schema: dict
     sample_args: Callable[[random.Random], dict]
-    templates: tuple[str, ...]  # str.format(**args)
+    templates: tuple[str, ...]  # str.format(**words(args)); only templates naming every argument are used
+    words: Callable[[dict], dict] = lambda args: args  # arguments as words: lists joined, nested fields flattened
 
     @property
     def name(self) -> str:
         return self.schema["name"]
+
+    def renamed(self, name: str) -> "ToolSpec":
+        return ToolSpec({**self.schema, "name": name}, self.sample_args, self.templates, self.words)
 
 
 def _fn(name: str, description: str, properties: dict, required: list[str]) -> dict:
@@ -101,6 +112,49 @@ TOOLS: tuple[ToolSpec, ...] = (
     ),
 )
 
+# typed arguments: float, bool, arrays, nested objects, optional parameters (data.typed_tools)
+TYPED_TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        _fn("book_flight", "Book a flight between two cities.",
+            {"origin": _s(), "destination": _s(), "passengers": {"type": "integer"},
+             "cabin": _s(enum=["economy", "business"]), "refundable": {"type": "boolean", "description": "optional"}},
+            ["origin", "destination", "passengers", "cabin"]),
+        lambda r: {**dict(zip(("origin", "destination"), r.sample(CITIES, 2))), "passengers": r.randint(1, 4),
+                   "cabin": r.choice(["economy", "business"]), **({"refundable": r.random() < 0.5} if r.random() < 0.4 else {})},
+        ("Book {passengers} {cabin} seats from {origin} to {destination}.",
+         "I need a {cabin} flight {origin} to {destination} for {passengers} people.",
+         "Book {passengers} {cabin} seats from {origin} to {destination}, {refundable_words}.",
+         "Fly {passengers} of us {cabin} from {origin} to {destination}; {refundable_words}."),
+        lambda a: {**a, **({"refundable_words": "refundable please" if a["refundable"] else "non-refundable is fine"}
+                           if "refundable" in a else {})},
+    ),
+    ToolSpec(
+        _fn("schedule_meeting", "Put a meeting in the calendar.",
+            {"title": _s(), "attendees": {"type": "array", "items": {"type": "string"}},
+             "hours": {"type": "number", "description": "duration"},
+             "reminder": {"type": "object", "properties": {"minutes": {"type": "integer"}, "channel": _s(enum=["email", "sms"])},
+                          "required": ["minutes", "channel"]}},
+            ["title", "attendees", "hours", "reminder"]),
+        lambda r: {"title": r.choice(["budget review", "standup", "design sync", "retro"]), "attendees": r.sample(NAMES, r.randint(1, 3)),
+                   "hours": r.choice([0.5, 1.0, 1.5, 2.0]), "reminder": {"minutes": r.choice([5, 10, 30]), "channel": r.choice(["email", "sms"])}},
+        ("Schedule a {hours} hour {title} with {people}, remind me by {channel} {minutes} minutes before.",
+         "Set up '{title}' for {hours} hours with {people}; {channel} reminder {minutes} minutes ahead."),
+        lambda a: {**a, "people": " and ".join(a["attendees"]), **a["reminder"]},
+    ),
+    ToolSpec(
+        _fn("set_thermostat", "Set the home thermostat.",
+            {"celsius": {"type": "number"}, "eco": {"type": "boolean"}}, ["celsius", "eco"]),
+        lambda r: {"celsius": r.choice([18.5, 19.0, 20.5, 21.0, 22.5]), "eco": r.random() < 0.5},
+        ("Set the thermostat to {celsius} degrees with eco mode {eco_words}.", "Heat to {celsius} C, eco {eco_words}."),
+        lambda a: {**a, "eco_words": "on" if a["eco"] else "off"},
+    ),
+)
+
+# Names that are none of BFCL's functions (data.bfcl_disjoint=true); descriptions already differ.
+BFCL_DISJOINT_NAMES = {"get_weather": "weather_now", "convert_currency": "exchange_money", "get_stock_price": "quote_ticker",
+                       "translate": "render_in_language", "find_restaurants": "dining_search", "send_email": "mail_someone",
+                       "book_flight": "reserve_air_seats"}
+
 
 def _builtin_specs() -> tuple[ToolSpec, ...]:
     """Tasks over the project's real, executable tools (tools/builtin), schemas taken from the
@@ -136,7 +190,15 @@ _PARALLEL_JOIN = (" Also, ", " And ", " Then ")
 
 
 def _ask(spec: ToolSpec, args: dict, rng: random.Random) -> str:
-    return rng.choice(spec.templates).format(**args)
+    words = spec.words(args)
+    fitting = [t for t in spec.templates if _fits(t, words)]
+    return rng.choice(fitting).format(**words)
+
+
+def _fits(template: str, words: dict) -> bool:
+    """Fillable from the words, and saying every optional argument given (its `<arg>_words`)."""
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    return fields <= set(words) and {k for k in words if k.endswith("_words")} <= fields
 
 
 def _call(spec: ToolSpec, args: dict) -> dict:
@@ -165,6 +227,13 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
         asks = [_ask(spec, a, rng) for a in arg_sets]
         query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
         calls = [_call(spec, a) for a in arg_sets]
+    elif category == "parallel_multiple":
+        offered = rng.sample(specs, min(len(specs), rng.randint(2, 4)))
+        chosen = rng.sample(offered, min(len(offered), rng.randint(2, 3)))
+        arg_sets = [(spec, spec.sample_args(rng)) for spec in chosen]
+        asks = [_ask(spec, a, rng) for spec, a in arg_sets]
+        query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
+        calls = [_call(spec, a) for spec, a in arg_sets]
     elif category == "irrelevance":
         offered = rng.sample(specs, rng.randint(1, 2))
         query, calls = rng.choice(IRRELEVANT), []
@@ -178,16 +247,19 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
     }
 
 
-def catalog(builtin_tools: bool = False) -> tuple[ToolSpec, ...]:
-    return TOOLS + _builtin_specs() if builtin_tools else TOOLS
+def catalog(builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tools: bool = False) -> tuple[ToolSpec, ...]:
+    specs = TOOLS + (TYPED_TOOLS if typed_tools else ()) + (_builtin_specs() if builtin_tools else ())
+    if bfcl_disjoint:
+        specs = tuple(s.renamed(BFCL_DISJOINT_NAMES[s.name]) if s.name in BFCL_DISJOINT_NAMES else s for s in specs)
+    return specs
 
 
 def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGORIES, weights: list[float] | None = None,
-             builtin_tools: bool = False) -> list[dict]:
+             builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tools: bool = False) -> list[dict]:
     """n tasks, categories drawn with the given weights; same seed, same rows. builtin_tools
     adds tasks over the executable built-in tools (calculator, units, dates)."""
     rng = random.Random(seed)
-    tools = catalog(builtin_tools)
+    tools = catalog(builtin_tools, bfcl_disjoint, typed_tools)
     rows = []
     for i in range(n):
         category = rng.choices(list(categories), weights=weights)[0]
@@ -201,12 +273,13 @@ def task_key(row: dict) -> tuple:
 
 
 def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None,
-                     builtin_tools: bool = False) -> tuple[list[dict], list[dict]]:
+                     builtin_tools: bool = False, bfcl_disjoint: bool = False,
+                     typed_tools: bool = False) -> tuple[list[dict], list[dict]]:
     """Train rows as generate() draws them; eval rows stratified (the same count from every
     category) and disjoint from train: no eval task occurs in train."""
     categories = list(categories)
-    train = generate(n_train, seed, categories, weights, builtin_tools)
-    tools = catalog(builtin_tools)
+    train = generate(n_train, seed, categories, weights, builtin_tools, bfcl_disjoint, typed_tools)
+    tools = catalog(builtin_tools, bfcl_disjoint, typed_tools)
     seen = {task_key(r) for r in train}
     rng = random.Random(seed + 1_000_003)
     eval_rows: list[dict] = []

@@ -91,6 +91,8 @@ class DataConfig:
     seed: int = 0
     categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "irrelevance"])
     weights: Optional[list[float]] = None
+    typed_tools: bool = False  # synthetic: also tools with float, bool, array, nested-object and optional arguments
+    bfcl_disjoint: bool = False  # synthetic: rename tools so no function name is also one of BFCL's
     builtin_tools: bool = False  # synthetic: also tasks over the executable built-in tools (calculator, units, dates)
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
     format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl (envs/formats.py)

@@ -19,8 +19,8 @@ def test_splits_are_disjoint_and_cover_all_categories():
     assert not any(synthetic.task_key(r) in train_tasks for r in held_out)
     assert {r["category"] for r in train} == set(synthetic.CATEGORIES)
     # stratified and interleaved: every prefix is balanced across categories
-    assert [r["category"] for r in held_out[:4]] == list(synthetic.CATEGORIES)
-    assert sum(r["category"] == "irrelevance" for r in held_out) == 25
+    assert [r["category"] for r in held_out[:5]] == list(synthetic.CATEGORIES)
+    assert sum(r["category"] == "irrelevance" for r in held_out) == 20
 
 
 def test_rows_are_valid_and_category_shapes_hold():
@@ -34,6 +34,8 @@ def test_rows_are_valid_and_category_shapes_hold():
             assert n == 1 and len(names) >= 2
         elif row["category"] == "parallel":
             assert n >= 2 and len({c["name"] for c in row["ground_truth"]}) == 1
+        elif row["category"] == "parallel_multiple":
+            assert n >= 2 and len({c["name"] for c in row["ground_truth"]}) == n
         else:
             assert n == 0
 
@@ -68,3 +70,55 @@ def test_builtin_tool_tasks_run_in_the_sandbox():
         tools = {t["name"]: get_tool(t["name"]) for t in row["tools"] if t["name"] in builtin}
         results = run_named([c for c in row["ground_truth"] if c["name"] in builtin], tools)
         assert all(r.ok for r in results), (row, results)
+
+
+def test_typed_tools_cover_bfcl_argument_types_and_gold_validates():
+    from envs.datasets import tool_n1_filter
+
+    rows = synthetic.generate(400, 2, builtin_tools=True, typed_tools=True)
+    types = set()
+    for row in rows:
+        tool_n1_filter(check_row(row))  # every gold call validates against its own schema
+        for call in row["ground_truth"]:
+            types |= {type(v).__name__ for v in call["arguments"].values()}
+    assert {"str", "int", "float", "bool", "list", "dict"} <= types
+    flights = [c["arguments"] for r in rows for c in r["ground_truth"] if c["name"] == "book_flight"]
+    with_optional = [a for a in flights if "refundable" in a]
+    assert 0 < len(with_optional) < len(flights)  # the optional argument only when the request says it
+    for row in rows:
+        for call in row["ground_truth"]:
+            if call["name"] == "book_flight" and "refundable" in call["arguments"]:
+                assert "refundable" in row["messages"][-1]["content"]
+    scores = tool_n1_reward([gold_answer(r) for r in rows], ground_truth=[r["ground_truth"] for r in rows])
+    assert scores == [1.0] * len(rows)
+
+
+def test_parallel_multiple_calls_several_different_tools():
+    rows = synthetic.generate(200, 5, categories=["parallel_multiple"], typed_tools=True)
+    for row in rows:
+        names = [c["name"] for c in row["ground_truth"]]
+        assert 2 <= len(names) <= 3 and len(set(names)) == len(names)
+        assert set(names) <= {t["name"] for t in row["tools"]}
+
+
+def test_bfcl_disjoint_names_and_descriptions():
+    import os
+
+    import pytest
+
+    if os.environ.get("TOOLCALL_RL_REQUIRE_BFCL") != "1":
+        pytest.importorskip("bfcl_eval")
+    from rl import bfcl
+
+    names, descriptions = set(), set()
+    for category in bfcl.SINGLE_TURN:
+        for entry in bfcl.load_category(category):
+            names |= {f["name"] for f in entry["function"]}
+            descriptions |= {f.get("description") for f in entry["function"]}
+    plain = synthetic.catalog(builtin_tools=True, typed_tools=True)
+    assert {s.name for s in plain} & names  # the plain names do overlap with BFCL's...
+    disjoint = synthetic.catalog(builtin_tools=True, typed_tools=True, bfcl_disjoint=True)
+    assert not {s.name for s in disjoint} & names  # ...the switch removes every overlap
+    assert not {s.schema["description"] for s in disjoint} & descriptions
+    rows = synthetic.generate(100, 0, bfcl_disjoint=True, typed_tools=True)
+    assert not {t["name"] for r in rows for t in r["tools"]} & names
