@@ -104,6 +104,8 @@ class EnvConfig:
     name: str = "single_turn"
     system_prompt: Optional[str] = None  # `{tools}` is replaced by the tools' JSON; null = Tool-N1 prompt
     use_template_tools: bool = False  # render tools with the tokenizer's chat template instead
+    max_turns: int = 3  # tool_env: model turns per episode
+    tool_timeout_s: float = 5.0  # tool_env: wall-clock limit of one tool call (sandboxed)
 
 
 @dataclass
