@@ -134,7 +134,9 @@ def test_sleep_mode_is_refused_on_cpu_with_a_message(setup):
 def test_training_runs_with_the_vllm_engine(tmp_path):
     import json
 
-    summary = train(tiny_cfg(tmp_path, "engine=vllm", "engine.dtype=float32", "algo=reinforce"))
+    # multi-turn episodes and another algorithm through the same engine
+    summary = train(tiny_cfg(tmp_path, "engine=vllm", "engine.dtype=float32", "algo=reinforce", "env=tool_env",
+                             "data.builtin_tools=true", "data.categories=[multi_turn,simple]"))
     assert "after_rl" in summary
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rl_steps = [m for m in steps if "time/sync_s" in m]
