@@ -205,3 +205,62 @@ def test_server_timeouts_raise_instead_of_hanging(setup):
         request(f"http://127.0.0.1:{silent.getsockname()[1]}", "POST", "/v1/completions", {}, timeout_s=1)
     assert time.monotonic() - start < 10
     silent.close()
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                ppid = int(open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(stat))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_sigterm_to_the_trainer_takes_vllm_down(tmp_path):
+    script = tmp_path / "hold.py"
+    script.write_text(f"""
+import time
+from omegaconf import OmegaConf
+from rl.config import EngineConfig
+from rl.engines.vllm import VLLMEngine
+from rl.setup import Setup
+from tests.conftest import tiny_cfg
+
+if __name__ == "__main__":
+    s = Setup.build(tiny_cfg({str(tmp_path)!r}))
+    VLLMEngine(OmegaConf.structured(EngineConfig(name="vllm", dtype="float32")), s.policy, s.tokenizer)
+    print("READY", flush=True)
+    time.sleep(600)
+""")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=root, env={**os.environ, "PYTHONPATH": root})
+    try:
+        lines = iter(proc.stdout.readline, "")  # vLLM logs to stdout too
+        assert any(line.strip() == "READY" for line in lines)
+        workers = descendants(proc.pid)
+        assert workers  # vLLM's engine-core and worker processes
+        proc.terminate()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(running(p) for p in workers):
+            time.sleep(1)
+        assert not [p for p in workers if running(p)]
+    finally:
+        proc.kill()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

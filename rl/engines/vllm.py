@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 
 import torch
@@ -66,6 +69,7 @@ class VLLMEngine:
             enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not cuda,
             enable_sleep_mode=cfg.sleep, worker_extension_cls=WORKER_EXTENSION, **memory,
         )
+        exit_on_sigterm()
         self.probe = probe_prompt(tokenizer)
         self.asleep = False
         self.last_sync_s = 0.0
@@ -121,6 +125,13 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM'd trainer would die without running vLLM's shutdown, leaving its engine and
+    worker processes running (seen here after killing an eval): make SIGTERM a normal exit."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 WORKER_EXTENSION = "rl.engines.vllm.WorkerExtension"
