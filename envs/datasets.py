@@ -41,6 +41,10 @@ def check_row(row: object) -> dict:
     return {**row, "tools": tools, "ground_truth": truth, "category": row.get("category", "default")}
 
 
+class Filtered(ValueError):
+    """A row dropped by the Tool-N1 filter (counted apart from malformed rows)."""
+
+
 def tool_n1_filter(task: dict) -> None:
     """Tool-N1's data filter: every gold call must validate against its own tool's schema
     (rows whose ground truth does not parse already failed check_row)."""
@@ -53,10 +57,10 @@ def tool_n1_filter(task: dict) -> None:
         try:
             error = first_error(specs[call["name"]], call["arguments"])
         except SchemaError as e:
-            raise ValueError(f"filtered: the schema of {call['name']} is invalid ({e.message})") from None
+            raise Filtered(f"filtered: the schema of {call['name']} is invalid ({e.message})") from None
         if error is not None:
             where = ".".join(map(str, error.path)) or "arguments"
-            raise ValueError(f"filtered: gold call {call['name']} does not validate: {where}: {error.message}")
+            raise Filtered(f"filtered: gold call {call['name']} does not validate: {where}: {error.message}")
 
 
 def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False) -> list[dict]:
@@ -64,7 +68,7 @@ def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: boo
     validate; bad rows are counted and the first reasons logged, or fail (strict)."""
     from envs.formats import convert
 
-    good, bad = [], []
+    good, bad, filtered = [], [], 0
     for i, row in enumerate(rows):
         try:
             tasks = [check_row(t) for t in convert(row, fmt)]
@@ -76,8 +80,8 @@ def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: boo
             if strict:
                 raise ValueError(f"{source} row {i}: {e} (data.strict=true; set it false to skip bad rows)") from None
             bad.append(f"row {i}: {e}")
+            filtered += isinstance(e, Filtered)
     if bad:
-        filtered = sum("filtered:" in b for b in bad)
         log.warning("%s: skipped %d of %d rows (%d by the Tool-N1 filter); first: %s", source, len(bad), len(rows),
                     filtered, "; ".join(bad[:3]))
     if not good:

@@ -38,7 +38,9 @@ JSON_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": "str
 
 
 def language(category: str) -> str:
-    return "java" if "java" in category and "javascript" not in category else "javascript" if "javascript" in category else "python"
+    if "javascript" in category:
+        return "javascript"
+    return "java" if "java" in category else "python"
 
 
 @lru_cache(maxsize=1)
@@ -227,12 +229,17 @@ def score_entry(entry: dict, completion: str) -> dict:
 def score(category: str, predictions: dict[str, str], entries: list[dict] | None = None) -> dict:
     """Accuracy over every entry of the category; ids without a prediction count as wrong."""
     entries = entries if entries is not None else load_category(category)
-    results = {e["id"]: score_entry(e, predictions[e["id"]]) if e["id"] in predictions
-               else {"valid": False, "error_type": "missing_prediction"} for e in entries}
-    correct = sum(r["valid"] for r in results.values())
+    results = [score_entry(e, predictions[e["id"]]) if e["id"] in predictions
+               else {"valid": False, "error_type": "missing_prediction"} for e in entries]
+    return summarize(category, results)
+
+
+def summarize(category: str, results: list[dict]) -> dict:
+    """{"category", "n", "correct", "accuracy", "errors": {error_type: count}} of per-entry results."""
+    correct = sum(r["valid"] for r in results)
     errors: dict[str, int] = {}
-    for r in results.values():
+    for r in results:
         if r["error_type"]:
             errors[r["error_type"]] = errors.get(r["error_type"], 0) + 1
-    return {"category": category, "n": len(entries), "correct": correct,
-            "accuracy": correct / len(entries) if entries else float("nan"), "errors": errors}
+    return {"category": category, "n": len(results), "correct": correct,
+            "accuracy": correct / len(results) if results else float("nan"), "errors": errors}

@@ -31,8 +31,9 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
     eval/pass@k (some sample exact) and eval/mean@k (mean exact match over samples)."""
     params = sampling if k > 1 else SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     generations = []
-    for i in range(0, len(tasks), max(batch // k, 1)):
-        chunk = tasks[i : i + max(batch // k, 1)]
+    tasks_per_chunk = max(batch // k, 1)  # batch counts completions: k per task
+    for i in range(0, len(tasks), tasks_per_chunk):
+        chunk = tasks[i : i + tasks_per_chunk]
         rollouts = env.rollout(engine, chunk, k, params)  # [len(chunk) * k], a task's k samples contiguous
         scored = reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
         for j, r in enumerate(rollouts):
@@ -73,13 +74,13 @@ def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, samplin
     greedy = SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     metrics, generations = {}, []
     for category in categories:
-        entries = bfcl.load_category(category)[:limit] if limit else bfcl.load_category(category)
+        entries = bfcl.load_category(category)[: limit or None]
         tasks = [bfcl.to_task(e) for e in entries]
         texts = [r.text for i in range(0, len(tasks), batch) for r in env.rollout(engine, tasks[i : i + batch], 1, greedy)]
-        for entry, text in zip(entries, texts):
-            generations.append({"id": entry["id"], "category": f"bfcl/{category}", "completion": text,
-                                **bfcl.score_entry(entry, text)})
-        metrics[f"bfcl/{category}"] = bfcl.score(category, {e["id"]: t for e, t in zip(entries, texts)}, entries)["accuracy"]
+        results = [bfcl.score_entry(entry, text) for entry, text in zip(entries, texts)]
+        generations += [{"id": e["id"], "category": f"bfcl/{category}", "completion": t, **r}
+                        for e, t, r in zip(entries, texts, results)]
+        metrics[f"bfcl/{category}"] = bfcl.summarize(category, results)["accuracy"]
     if categories:
         metrics["bfcl/mean"] = mean(metrics[f"bfcl/{c}"] for c in categories)
     return metrics, generations

