@@ -1,9 +1,18 @@
-"""Atomic checkpoints and exact resume.
+"""Atomic checkpoints and exact resume, in one process or under torchrun.
 
-checkpoint-<step>/ holds the policy as an HF folder (loadable by rl.eval or
-from_pretrained) plus trainer_state.pt: optimizer, LR schedule, data position and every
-RNG, so a resumed run takes the same next step as one never stopped. A checkpoint is
-written to a temporary folder and renamed: a crash mid-save leaves the previous one intact.
+    checkpoint-<step>/
+      config.json, model-*.safetensors, tokenizer   the policy as an HF folder (rl.eval, from_pretrained),
+                                                    gathered from the shards by every rank, written by rank 0
+      adapter_config.json, adapter_model.safetensors   instead, under LoRA: the adapter in PEFT's own format
+                                                    (PeftModel.from_pretrained) + toolcall_rl_base.json
+      trainer_state.pt    step, LR schedule, data position, summary, world size; in one process also
+                          the optimizer and the RNG. Written last: it marks the folder complete.
+      dcp/                distributed: trainable weights + optimizer state, sharded (torch.distributed.checkpoint)
+      rng-rank<r>.pt      distributed: each rank's RNG
+
+A resumed run takes the same next step as one never stopped. A checkpoint is written to a
+temporary folder and renamed: a crash mid-save leaves the previous one intact. checkpoint-0
+(where RL starts, after any warm-up) is never pruned: it is the KL reference.
 """
 
 from __future__ import annotations
@@ -16,9 +25,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from rl import lora
+from rl.engines.sync import export_model
+from rl.parallel import local, reshard
+
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE = "trainer_state.pt"
 
 
 def rng_state() -> dict:
@@ -35,26 +50,52 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(output_dir: Path, step: int, policy, tokenizer, trainer_state: dict, keep_last: int) -> Path:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".tmp-checkpoint-"))
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_state: dict, keep_last: int) -> Path:
+    """Every rank calls this (the weights are gathered, the shards written by each); rank 0
+    writes the HF folder or adapter and the trainer state, then renames."""
+    d = policy.dist
+    if d.main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(d.broadcast(tempfile.mkdtemp(dir=output_dir, prefix=".tmp-checkpoint-") if d.main else None))
+    save_weights(policy, tokenizer, tmp)
+    state = {**trainer_state, "step": step, "world_size": d.world}
+    if d.distributed:
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = _sharded(policy, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "dcp"))
+        torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")
+    else:
+        state.update(optimizer=optimizer.state_dict(), rng=rng_state())
+    d.barrier()
     final = output_dir / f"checkpoint-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    # checkpoint-0 (where RL starts, after any warm-up) stays: it is the KL reference
-    for old in all_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
-        if old.name != "checkpoint-0":
-            shutil.rmtree(old, ignore_errors=True)
+    if d.main:
+        torch.save(state, tmp / STATE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in all_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+            if old.name != "checkpoint-0":
+                shutil.rmtree(old, ignore_errors=True)
+    d.barrier()
     return final
+
+
+def save_weights(policy, tokenizer, folder: Path) -> None:
+    """The policy as an HF folder in its own dtype, or under LoRA its adapter (a collective:
+    every rank gathers, rank 0 writes)."""
+    if policy.lora:
+        tensors = policy.trainable_full()
+        if policy.dist.main:
+            lora.save_adapter(policy.peft, folder, tensors, policy.model_cfg)
+            tokenizer.save_pretrained(folder)
+    else:
+        export_model(policy, tokenizer, folder, dtype=None, shard_mb=4096, write=policy.dist.main)
 
 
 def all_checkpoints(output_dir: Path) -> list[Path]:
     found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := PATTERN.match(p.name))]
-    return [p for _, p in sorted(found) if (p / "trainer_state.pt").exists()]
+    return [p for _, p in sorted(found) if (p / STATE).exists()]
 
 
 def latest(output_dir: Path) -> Path | None:
@@ -62,22 +103,103 @@ def latest(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def read_state(folder: Path) -> dict:
+    try:
+        return torch.load(folder / STATE, weights_only=False)
+    except Exception as e:  # noqa: BLE001  a torn or foreign file: say which
+        raise RuntimeError(f"cannot read {folder / STATE} ({type(e).__name__}: {e}); delete {folder} to resume from "
+                           "the checkpoint before it") from None
+
+
+def load(folder: Path, policy, optimizer) -> dict:
+    """Restore the policy's weights, the optimizer and the RNG; return the trainer state for
+    the caller to apply (schedule, data position, summary)."""
+    d = policy.dist
+    state = read_state(folder)
+    saved_world = state.get("world_size", 1)
+    if saved_world != d.world:
+        raise RuntimeError(
+            f"{folder} was written by {saved_world} process(es) and this run has {d.world}: resume with the same "
+            f"count (torchrun --nproc_per_node {saved_world}, or plain `python -m rl.train` for 1). To go on with "
+            f"another count, start a new run from its weights: model.name_or_path={folder} (optimizer state and the "
+            "data position start afresh).")
+    if d.distributed:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        model_state, optim_state = _sharded(policy, optimizer)
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "dcp"))
+        set_state_dict(policy.module, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=_options())
+        set_rng_state(torch.load(folder / f"rng-rank{d.rank}.pt", weights_only=False))
+        reshard(policy.module)
+    else:
+        load_policy_weights(policy, folder)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    return state
+
+
+def trainable_values(folder: Path, policy) -> dict[str, torch.Tensor]:
+    """The trainable parameters' values saved in a checkpoint (this rank's shards when
+    distributed), by the names of policy.named_trainable(), without touching the policy."""
+    if policy.dist.distributed:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        live = get_model_state_dict(policy.module, options=_options())
+        copy = {k: v.detach().clone() for k, v in live.items()}
+        dcp.load({"model": copy}, checkpoint_id=str(folder / "dcp"))
+        return {k.removeprefix("model."): v for k, v in copy.items()}
+    saved = lora.read_adapter(folder) if policy.lora else _read_safetensors(folder)
+    return {name: saved[name] for name, _ in policy.named_trainable() if name in saved}
+
+
 def load_policy_weights(policy, folder: Path) -> None:
-    """Load saved weights into the live policy; tied weights saved once are fine, anything
-    else missing or extra is an error."""
-    state = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(file))
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    loaded = {p.data_ptr() for n, p in policy.named_parameters() if n in state}
-    really_missing = [n for n, p in policy.named_parameters() if n in missing and p.data_ptr() not in loaded]
+    """Load a single-process checkpoint's weights into the live policy: the adapter under
+    LoRA, else the HF folder (tied weights saved once are fine; anything else missing or
+    extra is an error naming the file)."""
+    if policy.lora:
+        saved = lora.read_adapter(folder)
+        params = dict(policy.named_trainable())
+        if set(saved) != set(params):
+            raise RuntimeError(f"{folder / lora.ADAPTER_FILE} does not fit the model's adapters: missing "
+                               f"{sorted(set(params) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(params))[:5]} "
+                               "(were model.lora.r / target_modules the same?)")
+        with torch.no_grad():
+            for name, p in params.items():
+                local(p).copy_(saved[name])
+        return
+    model = policy.model
+    state = _read_safetensors(folder)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {p.data_ptr() for n, p in model.named_parameters() if n in state}
+    really_missing = [n for n, p in model.named_parameters() if n in missing and p.data_ptr() not in loaded]
     if really_missing or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {really_missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load(folder: Path, policy) -> dict:
-    """Restore the policy's weights and RNG; return the trainer state for the caller to apply."""
-    load_policy_weights(policy, folder)
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    set_rng_state(state["rng"])
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors weights: the checkpoint is incomplete")
+    state = {}
+    for file in files:
+        try:
+            state.update(load_file(file))
+        except (SafetensorError, OSError) as e:
+            raise RuntimeError(f"cannot read {file} ({e}): the checkpoint is damaged; delete {folder} to resume "
+                               "from the one before it") from None
     return state
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)  # under LoRA: the adapters only; the base comes from its own files
+
+
+def _sharded(policy, optimizer):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(policy.module, optimizer, options=_options())

@@ -11,6 +11,16 @@ from hydra.core.config_store import ConfigStore
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (rl/lora.py); r = 0 trains every weight."""
+
+    r: int = 0  # adapter rank; 0 = off
+    alpha: float = 16.0  # scale = alpha / r
+    dropout: float = 0.0
+    target_modules: Optional[list[str]] = None  # null = every linear projection of the decoder layers (not lm_head)
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "smollm2-135m"  # hub id, local folder, or built-in `smollm2-135m`
     tokenizer: Optional[str] = None  # defaults to name_or_path
@@ -21,6 +31,7 @@ class ModelConfig:
     dtype: str = "float32"  # weights the optimizer updates: float32 | bfloat16
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -119,6 +130,14 @@ class SFTConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Under torchrun (rl/parallel.py): FSDP2 over all ranks. Ignored in a single process."""
+
+    cpu_offload: bool = False  # keep sharded parameters, gradients and optimizer state in CPU memory
+    reshard_after_forward: bool = True  # false: keep each layer gathered from forward to backward (more memory, less traffic)
+
+
+@dataclass
 class TrainerConfig:
     steps: int = 100
     batch_size: int = 8  # prompts per step; rollouts per step = batch_size * group_size
@@ -146,6 +165,7 @@ class TrainerConfig:
     eval_bfcl: list[str] = field(default_factory=list)  # BFCL categories scored with BFCL's checker at every eval
     eval_bfcl_limit: Optional[int] = None  # first N entries per BFCL category; null = all
     sft: SFTConfig = field(default_factory=SFTConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
 
 
 @dataclass

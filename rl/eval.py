@@ -1,7 +1,7 @@
 """Evaluation: answers on held-out tasks scored by the configured rewards, and BFCL
 categories scored by BFCL's own checker.
 
-    python -m rl.eval model.name_or_path=outputs/smollm2-synthetic/checkpoint-12
+    python -m rl.eval model.name_or_path=outputs/smollm2-synthetic/checkpoint-12   # HF folder or LoRA adapter folder
     python -m rl.eval model.name_or_path=... 'trainer.eval_bfcl=[simple_python,multiple,parallel,parallel_multiple,irrelevance]'
     python -m rl.eval score --category simple_python --predictions preds.jsonl --out result.json
 
@@ -24,13 +24,16 @@ from rl.types import SamplingParams
 
 
 def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampling: SamplingParams, batch: int,
-             k: int = 1):
+             k: int = 1, dist=None):
     """Returns (metrics, generations): metrics has eval/<reward> overall and per category,
     eval/exact_match, and the share of each failure reason of the exact-match reward.
     k = 1: one greedy answer per task. k > 1: k samples at sampling.temperature, and
-    eval/pass@k (some sample exact) and eval/mean@k (mean exact match over samples)."""
+    eval/pass@k (some sample exact) and eval/mean@k (mean exact match over samples).
+    With `dist` (a Dist under torchrun) each rank answers its share and the generations are
+    gathered: every rank returns the metrics of the whole set."""
     params = sampling if k > 1 else SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     generations = []
+    tasks = dist.share(tasks) if dist is not None else tasks
     tasks_per_chunk = max(batch // k, 1)  # batch counts completions: k per task
     for i in range(0, len(tasks), tasks_per_chunk):
         chunk = tasks[i : i + tasks_per_chunk]
@@ -42,6 +45,8 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
                 "completion": r.text, **{name: values[j] for name, values in scored.per_function.items()},
                 "reason": scored.reasons[exact_match][j] if exact_match in scored.reasons else None,
             })
+    if dist is not None:
+        generations = dist.gather(generations)
     by_category = defaultdict(list)
     for g in generations:
         by_category[g["category"]].append(g)
@@ -67,19 +72,24 @@ def pass_and_mean_at_k(exact: list[float], k: int) -> dict[str, float]:
             f"eval/mean@{k}": per_task.mean().item()}
 
 
-def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, sampling: SamplingParams, batch: int):
-    """Greedy answers on BFCL categories, scored by BFCL's AST checker: bfcl/<category> accuracy."""
+def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, sampling: SamplingParams, batch: int,
+                  dist=None):
+    """Greedy answers on BFCL categories, scored by BFCL's AST checker: bfcl/<category> accuracy
+    (each rank answers its share under torchrun; the results are gathered)."""
     from rl import bfcl
 
     greedy = SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     metrics, generations = {}, []
     for category in categories:
         entries = bfcl.load_category(category)[: limit or None]
-        tasks = [bfcl.to_task(e) for e in entries]
+        mine = dist.share(entries) if dist is not None else entries
+        tasks = [bfcl.to_task(e) for e in mine]
         texts = [r.text for i in range(0, len(tasks), batch) for r in env.rollout(engine, tasks[i : i + batch], 1, greedy)]
-        results = [bfcl.score_entry(entry, text) for entry, text in zip(entries, texts)]
-        generations += [{"id": e["id"], "category": f"bfcl/{category}", "completion": t, **r}
-                        for e, t, r in zip(entries, texts, results)]
+        rows = [(entry["id"], text, bfcl.score_entry(entry, text)) for entry, text in zip(mine, texts)]
+        if dist is not None:
+            rows = dist.gather(rows)
+        results = [r for _, _, r in rows]
+        generations += [{"id": i, "category": f"bfcl/{category}", "completion": t, **r} for i, t, r in rows]
         metrics[f"bfcl/{category}"] = bfcl.summarize(category, results)["accuracy"]
     if categories:
         metrics["bfcl/mean"] = mean(metrics[f"bfcl/{c}"] for c in categories)
@@ -116,14 +126,19 @@ def main() -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def run(cfg):
         setup = Setup.build(cfg)
+        dist = setup.policy.dist  # under torchrun each rank answers its share
         tasks = setup.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else setup.eval_tasks
         with torch.no_grad():
             metrics, generations = evaluate(setup.engine, setup.env, tasks, setup.reward_fn, cfg.reward.exact_match,
-                                            setup.sampling, cfg.trainer.eval_batch, cfg.trainer.eval_k)
+                                            setup.sampling, cfg.trainer.eval_batch, cfg.trainer.eval_k, dist)
             bfcl_metrics, bfcl_generations = evaluate_bfcl(setup.engine, setup.env, list(cfg.trainer.eval_bfcl),
                                                            cfg.trainer.eval_bfcl_limit, setup.sampling,
-                                                           cfg.trainer.eval_batch)
+                                                           cfg.trainer.eval_batch, dist)
         metrics.update(bfcl_metrics)
+        if hasattr(setup.engine, "close"):
+            setup.engine.close()
+        if not dist.main:
+            return
         out = Path(cfg.trainer.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(metrics, indent=2))
@@ -132,8 +147,6 @@ def main() -> None:
                 f.write(json.dumps(g, ensure_ascii=False) + "\n")
         setup.logger.table(f"eval of {cfg.model.name_or_path}", split_table(metrics))
         print(json.dumps({k: v for k, v in metrics.items() if k.count("/") == 1 and "/reason" not in k}, indent=2))
-        if hasattr(setup.engine, "close"):
-            setup.engine.close()
 
     run()
 

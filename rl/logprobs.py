@@ -14,9 +14,10 @@ from transformers import DynamicCache
 from rl.batching import position_ids
 
 
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias, temperature: float):
-    """hidden [n, H], targets [n] -> logprobs [n], entropy [n] (entropy without grad)."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature  # [n, V]
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, temperature: float):
+    """hidden [n, H], targets [n] -> logprobs [n], entropy [n] (entropy without grad). The
+    head is called as a module, inside the root's forward: FSDP's hooks see it."""
+    logits = head(hidden).float() / temperature  # [n, V]
     logz = torch.logsumexp(logits, dim=-1)  # [n]
     logprobs = logits.gather(1, targets[:, None]).squeeze(1) - logz
     with torch.no_grad():
@@ -62,7 +63,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     temperature = temperature if temperature > 0 else 1.0
     pieces_lp, pieces_ent = [], []
     for i in range(0, hidden.shape[0], chunk):
-        args = (hidden[i : i + chunk], targets[i : i + chunk], head.weight, head.bias, temperature)
+        args = (hidden[i : i + chunk], targets[i : i + chunk], head, temperature)
         if torch.is_grad_enabled():
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -72,3 +73,17 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logprobs = torch.cat(pieces_lp).view(b, completion_len)  # [b, C]
     entropy = torch.cat(pieces_ent).view(b, completion_len)  # [b, C]
     return logprobs, entropy
+
+
+class LogprobModule(torch.nn.Module):
+    """The model with token_logprobs as its forward. It is the FSDP root when sharded, so the
+    embedding, final norm and (tied) lm_head are gathered by the root's own hooks and every
+    use of them happens inside its forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_len: int, temperature: float = 1.0, chunk: int = 1024,
+                group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(self.model, input_ids, attention_mask, completion_len, temperature, chunk, group_size)

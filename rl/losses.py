@@ -73,11 +73,15 @@ AGGREGATIONS: dict[str, Callable] = {
 
 
 class Normalizer:
-    """Batch-wide counts that every micro-batch divides by."""
+    """Batch-wide counts that every micro-batch divides by. Under data parallelism `reduce`
+    sums them over the ranks (Dist.sum), so each rank's loss is its share of the global one."""
 
-    def __init__(self, loss_masks: list[torch.Tensor]):
-        self.tokens = max(sum(float(m.sum()) for m in loss_masks), 1.0)
-        self.sequences = max(sum(m.shape[0] for m in loss_masks), 1)
+    def __init__(self, loss_masks: list[torch.Tensor], reduce=None):
+        counts = {"tokens": sum(float(m.sum()) for m in loss_masks), "sequences": float(sum(m.shape[0] for m in loss_masks))}
+        if reduce is not None:
+            counts = reduce(counts)
+        self.tokens = max(counts["tokens"], 1.0)
+        self.sequences = max(int(counts["sequences"]), 1)
 
 
 def policy_loss(algo, logprobs, old_logprobs, ref_logprobs, advantages, mask, norm: Normalizer):

@@ -15,23 +15,38 @@ HEADLINE = ("base/exact_match", "sft/loss_last", "reward/total", "reward/tool_n1
             "grad_norm", "tokens_per_s", "time/step_s")
 
 
+def memory_metrics(dist=None) -> dict[str, float]:
+    """Peak resident memory of this process (and CUDA's peak allocation), the max over ranks."""
+    import resource
+
+    import torch
+
+    m = {"mem/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
+    if torch.cuda.is_available():
+        m["mem/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return dist.max(m) if dist is not None else m
+
+
 class MetricsLogger:
-    def __init__(self, cfg, output_dir: Path, resume_step: int | None):
+    """enabled=False (every rank but 0 under torchrun): every method does nothing."""
+
+    def __init__(self, cfg, output_dir: Path, resume_step: int | None, enabled: bool = True):
+        self.enabled = enabled
         self.dir = output_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.console = Console(stderr=True) if cfg.console else None
+        self.console = Console(stderr=True) if cfg.console and enabled else None
         self.samples_per_step = cfg.samples_per_step
+        self.jsonl, self.tb, self.wandb = cfg.jsonl and enabled, None, None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.paths = {"metrics": self.dir / "metrics.jsonl", "samples": self.dir / "samples.jsonl"}
         for path in self.paths.values():
             # a resumed run rewrites history after its checkpoint instead of duplicating it
             _truncate_after(path, resume_step if resume_step is not None else -1, keep_file=resume_step is not None)
-        self.jsonl = cfg.jsonl
-        self.tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.dir / "tensorboard"))
-        self.wandb = None
         if cfg.wandb:
             import wandb
 
@@ -58,6 +73,8 @@ class MetricsLogger:
             self.console.log(message)
 
     def samples(self, step: int, rows: list[dict]) -> None:
+        if not self.enabled:
+            return
         with self.paths["samples"].open("a") as f:
             for row in rows[: self.samples_per_step]:
                 f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
@@ -88,5 +105,13 @@ def _truncate_after(path: Path, step: int, keep_file: bool) -> None:
     if not keep_file:
         path.unlink()
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step]
+    kept = [line for line in path.read_text().splitlines() if line and _step(line) <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _step(line: str) -> float:
+    """A line's step; a torn line (the process was killed mid-write) counts as after any step."""
+    try:
+        return json.loads(line).get("step", -1)
+    except json.JSONDecodeError:
+        return float("inf")

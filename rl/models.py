@@ -77,7 +77,13 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> PreTrainedModel:
     """cfg.init = pretrained: weights from name_or_path; random: the architecture of
-    name_or_path (or cfg.architecture) with cfg.config_overrides, freshly initialised."""
+    name_or_path (or cfg.architecture) with cfg.config_overrides, freshly initialised.
+    A LoRA adapter folder (a LoRA run's checkpoint, or any PEFT adapter) loads onto its base
+    model and comes back merged."""
+    from rl import lora
+
+    if lora.is_adapter(resolve(cfg.name_or_path)):
+        return _merged_adapter(cfg, tokenizer, device)
     dtype = DTYPES[cfg.dtype]
     overrides = OmegaConf.to_container(cfg.config_overrides, resolve=True)
     if cfg.init == "pretrained":
@@ -102,10 +108,25 @@ def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, device: torc
     return model.to(device)
 
 
-def load_reference(policy: PreTrainedModel) -> PreTrainedModel:
-    """A frozen copy of the starting policy for the KL term."""
-    import copy
+_BASE_KEYS = ("name_or_path", "init", "architecture", "config_overrides", "init_seed", "trust_remote_code")
 
-    ref = copy.deepcopy(policy).eval()
-    ref.requires_grad_(False)
-    return ref
+
+def _merged_adapter(cfg: DictConfig, tokenizer, device: torch.device) -> PreTrainedModel:
+    """The base model an adapter folder was trained on (as recorded in the folder; else the
+    base_model_name_or_path of its adapter_config.json), the adapter loaded with PEFT's own
+    PeftModel.from_pretrained, then merged."""
+    from peft import PeftModel
+
+    from rl import lora
+
+    folder = Path(resolve(cfg.name_or_path))
+    base = lora.base_config(folder)
+    if base is None:
+        import json
+
+        base = {"name_or_path": json.loads((folder / lora.ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")}
+        if not base["name_or_path"]:
+            raise ValueError(f"{folder / lora.ADAPTER_CONFIG} names no base_model_name_or_path: the base model is unknown")
+    base_cfg = OmegaConf.merge(cfg, {k: base[k] for k in _BASE_KEYS if k in base})
+    model = load_model(base_cfg, tokenizer, device)
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

@@ -13,22 +13,18 @@ from envs.base import Env, make_env
 from envs.datasets import load_tasks
 from rewards.combine import WeightedReward
 from rewards.parsing import PARSERS, template_parser
+from rl import parallel
+from rl import policy as policy_
 from rl.engines import Engine, make_engine
 from rl.metrics import MetricsLogger
-from rl.models import load_model, load_tokenizer
+from rl.models import load_tokenizer
+from rl.parallel import pick_device  # noqa: F401  (re-exported)
+from rl.policy import Policy
 from rl.types import SamplingParams
 
 _HERE = Path(__file__).resolve().parent
 # a source checkout or editable install has conf/ beside rl/; a wheel installs it as rl/conf
 CONF_DIR = _HERE.parent / "conf" if (_HERE.parent / "conf" / "config.yaml").exists() else _HERE / "conf"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -41,9 +37,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_world(cfg, world: int) -> None:
+    """Under torchrun each rank takes an equal share of a batch's prompts (whole groups)."""
+    for key, value in (("trainer.batch_size", cfg.trainer.batch_size), ("trainer.sft.batch_size", cfg.trainer.sft.batch_size)):
+        if key.startswith("trainer.sft") and cfg.trainer.sft.steps == 0:
+            continue
+        if value % world:
+            raise ValueError(f"{key}={value} is not divisible by the {world} processes of this run: each rank samples "
+                             f"whole groups for an equal share of the prompts; use a multiple of {world}")
+
+
 @dataclass
 class Setup:
-    policy: torch.nn.Module
+    policy: Policy
     tokenizer: object
     engine: Engine
     env: Env
@@ -58,23 +64,30 @@ class Setup:
     def build(cls, cfg, resume_step: int | None = None) -> "Setup":
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        seed_everything(cfg.trainer.seed)
-        device = pick_device(cfg.trainer.device)
+        dist = parallel.init(cfg.trainer.device)
+        check_world(cfg, dist.world)
         tokenizer = load_tokenizer(cfg.model)
         if getattr(tokenizer, "response_template", None):  # the model's own parser: reward kwarg parser=template
             PARSERS["template"] = template_parser(tokenizer)
-        policy = load_model(cfg.model, tokenizer, device)
+        with torch.random.fork_rng(devices=[]):  # model init draws its own seeds
+            policy = policy_.build(cfg, tokenizer, dist)
+        seed_everything(cfg.trainer.seed + dist.rank)  # each rank samples its own completions
         train_tasks, eval_tasks = load_tasks(cfg.data)
+        logger = MetricsLogger(cfg.logger, Path(cfg.trainer.output_dir), resume_step, enabled=dist.main)
+        trainable, total = policy.counts()
+        logger.say(f"policy: {trainable:,} of {total:,} parameters train"
+                   + (f" (LoRA r={cfg.model.lora.r})" if policy.lora else "")
+                   + (f", FSDP2 over {dist.world} ranks ({dist.backend})" if dist.distributed else ""))
         s = cfg.algo.sampling
         return cls(
             policy=policy,
             tokenizer=tokenizer,
-            engine=make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed),
+            engine=make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed + dist.rank),
             env=make_env(cfg.env, tokenizer),
             train_tasks=train_tasks,
             eval_tasks=eval_tasks,
             reward_fn=WeightedReward(list(cfg.reward.functions)),
             sampling=SamplingParams(s.temperature, s.top_p, s.max_new_tokens, tuple(s.stop)),
-            logger=MetricsLogger(cfg.logger, Path(cfg.trainer.output_dir), resume_step),
-            device=device,
+            logger=logger,
+            device=dist.device,
         )

@@ -16,7 +16,6 @@ import torch
 
 from envs.single_turn import gold_answer
 from rl.batching import collate, token_budget_chunks
-from rl.logprobs import token_logprobs
 from rl.losses import Normalizer, token_mean
 from rl.setup import autocast
 from rl.types import Rollout
@@ -32,29 +31,30 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
     return rollouts
 
 
-def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, device, chunk: int = 1024,
+def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, chunk: int = 1024,
             bf16: bool = True) -> dict:
-    """cfg: trainer.sft. Trains `policy` in place on cfg.steps batches of gold answers
-    (cycling through `tasks` in order); returns the first and last loss."""
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    """cfg: trainer.sft. Trains the policy (a Policy handle: its adapters under LoRA, its
+    shards under torchrun) in place on cfg.steps batches of gold answers (cycling through
+    `tasks` in order; each rank takes its share); returns the first and last loss."""
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     policy.train()
-    losses = []
+    device, losses = policy.device, []
     for step in range(cfg.steps):
         start = step * cfg.batch_size
-        batch_tasks = [tasks[(start + i) % len(tasks)] for i in range(cfg.batch_size)]
+        batch_tasks = policy.dist.share([tasks[(start + i) % len(tasks)] for i in range(cfg.batch_size)])
         rollouts = gold_rollouts(env, tokenizer, batch_tasks)
         batches = [collate([rollouts[i] for i in idx], torch.zeros(len(idx)), tokenizer.pad_token_id, device)
                    for idx in token_budget_chunks(rollouts, token_budget)]
-        norm = Normalizer([b.loss_mask for b in batches])
+        norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
         total = 0.0
         for b in batches:
             with autocast(device, bf16):
-                logprobs, _ = token_logprobs(policy, b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
+                logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
             loss = token_mean(-logprobs, b.loss_mask, norm)
             loss.backward()
             total += loss.item()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        policy.clip_grad_norm_(1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(total)
+        losses.append(policy.dist.sum({"loss": total})["loss"])
     return {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]} if losses else {}

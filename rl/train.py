@@ -17,6 +17,11 @@ Deviations from textbook GRPO, all in config: loss aggregation (algo.loss_agg), 
 clip (algo.clip_high), KL off by default (algo.kl_coef=0, as Dr. GRPO and DAPO found it
 unneeded), an optional SFT warm-up before RL (trainer.sft.steps), and with one update per
 batch old_logprobs = logprobs.detach() (ratio 1; the gradient is REINFORCE's).
+
+Scale changes nothing here: LoRA (model.lora.r > 0) and FSDP2 under torchrun live behind the
+policy handle (rl/policy.py). Under torchrun every rank samples whole groups for its share of
+the batch's prompts, divides its loss by batch-wide counts summed over all ranks, and the
+gradients are summed: the step is the one-process step on the whole batch.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from rl import config as _schemas  # noqa: F401  registers the config schemas wi
 from rl.advantages import ADVANTAGES, zero_variance_share
 from rl.batching import collate, token_budget_chunks
 from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
-from rl.logprobs import token_logprobs
 from rl.losses import Normalizer, policy_loss
-from rl.models import load_reference
+from rl.metrics import memory_metrics
 from rl.setup import CONF_DIR, Setup, autocast
 from rl.sft import warm_up
 from envs.datasets import TaskStream
+from rewards.combine import RewardResult
 
 log = logging.getLogger("rl.train")
 
@@ -56,15 +61,14 @@ def train(cfg: DictConfig) -> dict:
         raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
                               "or give a new trainer.output_dir (or delete the folder) to start over")
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
-    policy, algo, G = s.policy, cfg.algo, cfg.algo.group_size
+    policy, algo, G, dist = s.policy, cfg.algo, cfg.algo.group_size, s.policy.dist
     opt, sched = make_optimizer(cfg.trainer, policy)
     data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
     run_eval = lambda: held_out_eval(cfg, s, eval_tasks)  # noqa: E731
 
     if resume_from is not None:
-        state = checkpoint.load(resume_from, policy)
-        opt.load_state_dict(state["optimizer"])
+        state = checkpoint.load(resume_from, policy, opt)
         sched.load_state_dict(state["scheduler"])
         data.load_state_dict(state["data"])
         start, summary = state["step"], state["summary"]
@@ -78,39 +82,39 @@ def train(cfg: DictConfig) -> dict:
         if cfg.trainer.sft.steps > 0:
             with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
                 summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
-                                         cfg.trainer.token_budget, s.device, cfg.trainer.logprob_chunk, cfg.trainer.bf16)
+                                         cfg.trainer.token_budget, cfg.trainer.logprob_chunk, cfg.trainer.bf16)
             s.engine.load_weights(policy)
             if cfg.trainer.sft.eval:
                 with phase(s, summary, "warmup_eval", "evaluating after the warm-up"):
                     summary["after_warmup"] = run_eval()
                 s.logger.log(0, {**summary["sft"], **summary["after_warmup"]})
         save(cfg, s, 0, opt, sched, data, summary)  # a crash during RL never redoes the warm-up
-    ref = None
     if algo.kl_coef > 0:  # KL to where RL started (after the warm-up): checkpoint-0, also after a resume
-        ref = load_reference(policy)
-        checkpoint.load_policy_weights(ref, out / "checkpoint-0")
+        policy.set_reference(checkpoint.trainable_values(out / "checkpoint-0", policy))
 
     s.logger.say(f"RL: steps {start + 1}..{cfg.trainer.steps}, {cfg.trainer.batch_size} prompts x {G} completions each")
     rl_started = time.perf_counter()
-    for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console):
+    for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console and dist.main):
         t0 = time.perf_counter()
-        tasks = data.next_batch()  # B tasks
-        rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # B*G, groups contiguous
+        tasks = dist.share(data.next_batch())  # this rank's B / world of the batch's B tasks
+        rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # B*G (this rank's), groups contiguous
         t_gen = time.perf_counter()
         scored = s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
         rewards = torch.tensor(scored.total)  # [B*G]
-        advantages = ADVANTAGES[algo.advantage](rewards, G)  # [B*G]
-        stats = update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s)
+        advantages = ADVANTAGES[algo.advantage](rewards, G)  # [B*G], per group
+        stats = update_policy(cfg, policy, opt, sched, rollouts, advantages, s)
         t_update = time.perf_counter()
         s.engine.load_weights(policy)
         t_end = time.perf_counter()
 
+        everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts])])
         metrics = {
-            **reward_metrics(scored, rewards, G), **stats, **rollout_metrics(rollouts),
-            "lr": sched.get_last_lr()[0], "time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen,
-            "time/sync_s": t_end - t_update, "time/step_s": t_end - t0,
+            **reward_metrics(concat([sc for sc, _ in everyone]), G), **stats,
+            **rollout_metrics([shape for _, shapes in everyone for shape in shapes], t_end - t0),
+            "lr": sched.get_last_lr()[0], **dist.max({"time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen,
+                                                      "time/sync_s": t_end - t_update, "time/step_s": t_end - t0}),
             "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0),  # engines that check their sync
-            "tokens_per_s": sum(len(r.prompt) + len(r.completion) for r in rollouts) / (t_end - t0),
+            **memory_metrics(dist),
         }
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
             metrics.update(run_eval())
@@ -124,7 +128,9 @@ def train(cfg: DictConfig) -> dict:
 
     summary["time_s"]["rl"] = round(time.perf_counter() - rl_started, 1)  # this process's share, evals included
     summary["wall_s"] = time.perf_counter() - started
-    report(s, summary, out)
+    summary["peak_rss_gb"] = max(summary.get("peak_rss_gb", 0.0), memory_metrics(dist)["mem/peak_rss_gb"])
+    if dist.main:
+        report(s, summary, out)
     s.logger.close()
     if hasattr(s.engine, "close"):
         s.engine.close()
@@ -133,42 +139,47 @@ def train(cfg: DictConfig) -> dict:
 
 def held_out_eval(cfg, s, eval_tasks) -> dict:
     """eval/* on the held-out split (pass@k with trainer.eval_k > 1) and bfcl/* on the
-    configured BFCL categories: logged apart from the training reward."""
-    t = cfg.trainer
+    configured BFCL categories: logged apart from the training reward. Under torchrun each
+    rank answers its share and the scores are gathered."""
+    t, dist = cfg.trainer, s.policy.dist
     metrics = evaluate(s.engine, s.env, eval_tasks, s.reward_fn, cfg.reward.exact_match, s.sampling, t.eval_batch,
-                       t.eval_k)[0]
+                       t.eval_k, dist)[0]
     if t.eval_bfcl:
-        metrics.update(evaluate_bfcl(s.engine, s.env, list(t.eval_bfcl), t.eval_bfcl_limit, s.sampling, t.eval_batch)[0])
+        metrics.update(evaluate_bfcl(s.engine, s.env, list(t.eval_bfcl), t.eval_bfcl_limit, s.sampling, t.eval_batch,
+                                     dist)[0])
     return metrics
 
 
-def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict:
+def update_policy(cfg, policy, opt, sched, rollouts, advantages, s) -> dict:
     """algo.updates_per_batch optimizer steps on one batch of rollouts, micro-batched under
-    trainer.token_budget; every micro-batch's loss is normalised by batch-wide counts, so
-    accumulation gives exactly the full-batch gradient."""
+    trainer.token_budget; every micro-batch's loss is normalised by batch-wide counts (summed
+    over ranks), so accumulation and the ranks' summed gradients give exactly the full-batch
+    gradient."""
     algo, trainer = cfg.algo, cfg.trainer
     # a group's prompt runs once for its G completions (exact; needs the KV cache, so not
     # with gradient checkpointing)
     share = algo.group_size if trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
     chunks = token_budget_chunks(rollouts, trainer.token_budget, share)
     batches = [collate([rollouts[i] for i in idx], advantages[idx], s.tokenizer.pad_token_id, s.device) for idx in chunks]
-    norm = Normalizer([b.loss_mask for b in batches])
+    norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
     temperature = algo.sampling.temperature
-    logprobs_of = lambda model, b: token_logprobs(model, b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
-                                                  temperature, trainer.logprob_chunk, share)
+    logprobs_of = lambda b: policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
+                                            temperature, trainer.logprob_chunk, share)
     with torch.no_grad(), autocast(s.device, trainer.bf16):
-        for b in batches:
-            if ref is not None:
-                b.ref_logprobs = logprobs_of(ref, b)[0]  # [b, C]
-            if algo.updates_per_batch > 1:
-                b.old_logprobs = logprobs_of(policy, b)[0]  # [b, C]
+        if policy.has_reference and algo.kl_coef > 0:
+            with policy.reference():
+                for b in batches:
+                    b.ref_logprobs = logprobs_of(b)[0]  # [b, C]
+        if algo.updates_per_batch > 1:
+            for b in batches:
+                b.old_logprobs = logprobs_of(b)[0]  # [b, C]
 
     policy.train()
     totals: dict[str, float] = {}
     for _ in range(algo.updates_per_batch):
         for b in batches:
             with autocast(s.device, trainer.bf16):
-                logprobs, entropy = logprobs_of(policy, b)  # [b, C], [b, C]
+                logprobs, entropy = logprobs_of(b)  # [b, C], [b, C]
             old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
             loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm)
             loss.backward()
@@ -176,16 +187,15 @@ def update_policy(cfg, policy, ref, opt, sched, rollouts, advantages, s) -> dict
             stats["logprob_diff_vs_rollout"] = ((old - b.rollout_logprobs).abs() * b.loss_mask).sum() / norm.tokens
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / algo.updates_per_batch  # sums over micro-batches
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), trainer.max_grad_norm)
+        grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return {**totals, "grad_norm": float(grad_norm), "micro_batches": len(batches)}
+    return {**policy.dist.sum({**totals, "micro_batches": len(batches)}), "grad_norm": grad_norm}
 
 
 def make_optimizer(cfg, policy):
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     total = max(cfg.steps, 1)
 
     def factor(step: int) -> float:
@@ -204,7 +214,16 @@ def make_optimizer(cfg, policy):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def reward_metrics(scored, rewards: torch.Tensor, group_size: int) -> dict:
+def concat(results: list) -> RewardResult:
+    """The reward results of every rank as one batch (rank order)."""
+    first = results[0]
+    return RewardResult([v for r in results for v in r.total],
+                        {name: [v for r in results for v in r.per_function[name]] for name in first.per_function},
+                        {name: [v for r in results for v in r.reasons[name]] for name in first.reasons})
+
+
+def reward_metrics(scored, group_size: int) -> dict:
+    rewards = torch.tensor(scored.total)  # [N] the whole batch
     m = {"reward/total": rewards.mean().item(), "reward/total_std": rewards.std().item() if len(rewards) > 1 else 0.0,
          "zero_variance_groups": zero_variance_share(rewards, group_size)}
     for name, values in scored.per_function.items():
@@ -216,10 +235,11 @@ def reward_metrics(scored, rewards: torch.Tensor, group_size: int) -> dict:
     return m
 
 
-def rollout_metrics(rollouts) -> dict:
-    lengths = [len(r.completion) for r in rollouts]
-    return {"completion_len": sum(lengths) / len(lengths),
-            "truncated": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts)}
+def rollout_metrics(shapes: list[tuple[int, int, str]], seconds: float) -> dict:
+    """shapes: (prompt length, completion length, finish reason) of every rollout of the batch."""
+    return {"completion_len": sum(c for _, c, _ in shapes) / len(shapes),
+            "truncated": sum(reason == "length" for _, _, reason in shapes) / len(shapes),
+            "tokens_per_s": sum(p + c for p, c, _ in shapes) / seconds}
 
 
 def sample_rows(rollouts, scored) -> list[dict]:
@@ -229,8 +249,8 @@ def sample_rows(rollouts, scored) -> list[dict]:
 
 
 def save(cfg, s, step, opt, sched, data, summary) -> None:
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data": data.state_dict(), "summary": summary}
-    checkpoint.save(Path(cfg.trainer.output_dir), step, s.policy, s.tokenizer, state, cfg.trainer.keep_last)
+    state = {"scheduler": sched.state_dict(), "data": data.state_dict(), "summary": summary}
+    checkpoint.save(Path(cfg.trainer.output_dir), step, s.policy, s.tokenizer, opt, state, cfg.trainer.keep_last)
 
 
 def report(s, summary: dict, out: Path) -> None:

@@ -24,7 +24,7 @@ def test_rollout_logprobs_match_trainer_logprobs(tiny):
                 for i, x in enumerate(samples)]
     b = collate(rollouts, torch.zeros(6), s.tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
-        lp, _ = token_logprobs(s.policy, b.input_ids, b.attention_mask, b.loss_mask.shape[1], temperature=0.7)
+        lp, _ = token_logprobs(s.policy.model, b.input_ids, b.attention_mask, b.loss_mask.shape[1], temperature=0.7)
     assert torch.allclose(lp * b.loss_mask, b.rollout_logprobs * b.loss_mask, atol=1e-4)
 
 
@@ -41,11 +41,11 @@ def test_prefill_once_gives_the_same_greedy_tokens(tiny):
 def test_bf16_copy_follows_the_policy_after_sync(tiny):
     s = Setup.build(tiny())
     engine = HFEngine(s.policy, s.tokenizer, dtype="bfloat16")
-    assert engine.model is not s.policy and engine.model.dtype == torch.bfloat16
+    assert engine.model is not s.policy.model and engine.model.dtype == torch.bfloat16
     with torch.no_grad():
         for p in s.policy.parameters():
             p.add_(0.01)
-    name, value = next(iter(s.policy.state_dict().items()))
+    name, value = next(iter(s.policy.model.state_dict().items()))
     assert not torch.allclose(engine.model.state_dict()[name].float(), value, atol=1e-3)
     engine.load_weights(s.policy)
     assert torch.allclose(engine.model.state_dict()[name].float(), value, atol=1e-2)

@@ -31,9 +31,9 @@ def test_parameters_change_and_loss_is_finite(tiny, tmp_path, monkeypatch):
 
     real_save = checkpoint.save
 
-    def spy(output_dir, step, policy, tokenizer, state, keep_last):
-        seen[step] = {k: v.clone() for k, v in policy.state_dict().items()}
-        return real_save(output_dir, step, policy, tokenizer, state, keep_last)
+    def spy(output_dir, step, policy, tokenizer, opt, state, keep_last):
+        seen[step] = {k: v.clone() for k, v in policy.model.state_dict().items()}
+        return real_save(output_dir, step, policy, tokenizer, opt, state, keep_last)
 
     monkeypatch.setattr(checkpoint, "save", spy)
     train(tiny(*DENSE, "trainer.lr=1e-3", "algo.group_size=4", "algo.sampling.temperature=1.5"))
@@ -60,8 +60,8 @@ def test_shared_prompt_update_equals_plain_update(tiny):
     b = collate(rollouts, torch.zeros(6), s.tokenizer.pad_token_id, "cpu")
     results = []
     for group_size in (1, 3):
-        s.policy.zero_grad()
-        lp, _ = token_logprobs(s.policy, b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, 16, group_size)
+        s.policy.module.zero_grad()
+        lp, _ = token_logprobs(s.policy.model, b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, 16, group_size)
         (lp * b.loss_mask).sum().backward()
         results.append((lp * b.loss_mask, [p.grad.clone() for p in s.policy.parameters()]))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-5)

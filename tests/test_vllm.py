@@ -64,7 +64,7 @@ def assert_same_generation(engine, s, n=2):
 def perturb(policy, only: str = "", scale: float = 0.02):
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in policy.named_parameters():
+        for name, p in policy.model.named_parameters():
             if only in name:
                 p.add_(torch.randn_like(p) * scale)
 
@@ -94,7 +94,7 @@ def test_after_a_training_step_the_synced_engine_matches_the_trainer(engine, set
     loss = -torch.tensor(0.0)
     for p in prompts(setup):
         ids = torch.tensor([p + before.completion])
-        loss = loss - torch.log_softmax(policy(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).mean()
+        loss = loss - torch.log_softmax(policy.model(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).mean()
     loss.backward()
     opt.step()
     opt.zero_grad()
@@ -153,7 +153,7 @@ def free_port() -> int:
 
 def test_server_mode_against_a_real_server(setup, tmp_path):
     folder = tmp_path / "model"
-    setup.policy.save_pretrained(folder)
+    setup.policy.model.save_pretrained(folder)
     setup.tokenizer.save_pretrained(folder)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "rl.engines.vllm_server", "--model", str(folder), "--port", str(port),

@@ -5,17 +5,21 @@ Two things it does beyond a plain generate call:
   num_return_sequences would prefill every prompt G times);
 - the log-prob of every sampled token is recorded on the fly (one [N, V] buffer, not the
   whole [N, T, V] score history).
-With `dtype` set it samples from its own copy of the policy in that dtype (bf16 samples
-~1.5x faster on CPU) and `load_weights` copies the trained weights into it.
+It samples from the policy's own model (LoRA adapters included) when it can: one process
+and no `dtype`. Otherwise from its own plain copy of the base architecture, which
+`load_weights` fills with the policy's full weights (gathered from the shards, adapters
+merged, one tensor at a time): with `dtype` set (bf16 samples ~1.5x faster on CPU), and on
+every rank of a distributed run (a sharded model cannot generate rank by rank).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from rl.batching import left_pad, position_ids
 from rl.models import DTYPES
@@ -63,18 +67,31 @@ class HFEngine:
     def __init__(self, policy, tokenizer, dtype: str | None = None, prefill_once: bool = True):
         self.tokenizer = tokenizer
         self.prefill_once = prefill_once
-        self.model = policy if dtype is None else copy.deepcopy(policy).to(DTYPES[dtype]).eval().requires_grad_(False)
-        self.eos_ids = set(_as_list(policy.generation_config.eos_token_id)) | {tokenizer.eos_token_id}
         self.last_sync_s = 0.0
+        self.shared = dtype is None and not policy.dist.distributed
+        if self.shared:
+            self.model = policy.model
+        else:
+            self.model = plain_copy(policy, DTYPES[dtype] if dtype else policy.dtype)
+            self.load_weights(policy)
+        self.eos_ids = set(_as_list(policy.generation_config.eos_token_id)) | {tokenizer.eos_token_id}
 
     def load_weights(self, policy) -> None:
-        """Copy the policy's weights into the sampling copy (nothing to do when shared)."""
+        """Copy the policy's full weights into the sampling copy (nothing to do when shared)."""
         start = time.perf_counter()
-        if self.model is not policy:
+        if not self.shared:
+            target = self.model.state_dict()
+            filled: set[int] = set()
             with torch.no_grad():
-                target = self.model.state_dict()
-                for name, value in policy.state_dict().items():
+                for name, value in policy.full_state():
+                    if name not in target:
+                        raise KeyError(f"the policy has a weight {name!r} that the engine's copy of "
+                                       f"{type(self.model).__name__} does not")
                     target[name].copy_(value)
+                    filled.add(target[name].data_ptr())
+            missing = [n for n, t in target.items() if t.data_ptr() not in filled]
+            if missing:
+                raise KeyError(f"the engine's copy got no value for {missing[:5]} from the policy")
         self.last_sync_s = time.perf_counter() - start
 
     @torch.no_grad()
@@ -117,6 +134,20 @@ class HFEngine:
             tokens, reason = truncate(row, self.eos_ids, sampling.stop, self.tokenizer)
             samples.append(Sample(tokens, lps[: len(tokens)], reason))
         return samples
+
+
+def plain_copy(policy, dtype: torch.dtype):
+    """An uninitialised model of the policy's base architecture, on the policy's device."""
+    from transformers.initialization import no_init_weights
+
+    config = copy.deepcopy(policy.config)
+    config.use_cache = True  # gradient checkpointing switches it off in the trainer's config
+    with no_init_weights(), (torch.device(policy.device) if policy.device.type == "cuda" else nullcontext()):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 trust_remote_code=policy.model_cfg.get("trust_remote_code", False))
+    model.tie_weights()  # from_config ties only when it initialises
+    model.generation_config = copy.deepcopy(policy.generation_config)
+    return model.to(policy.device).eval().requires_grad_(False)
 
 
 def _as_list(x) -> list[int]:

@@ -11,8 +11,10 @@ the run stops with both numbers.
 from __future__ import annotations
 
 import atexit
-from contextlib import nullcontext
+import copy
+import json
 import os
+from contextlib import nullcontext
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,44 +40,65 @@ def sync_folder(parent: str | None) -> Path:
     return folder
 
 
-def export_weights(policy, folder: Path, dtype: str, shard_mb: int) -> list[Path]:
-    """Write the policy's weights as safetensors shards of at most shard_mb, cast to dtype.
+def export_weights(policy, folder: Path, dtype: str | None, shard_mb: int, write: bool = True) -> list[Path]:
+    """Write policy.full_state() (gathered, adapters merged) as safetensors shards of at most
+    shard_mb in `dtype` (null: the policy's), plus the index transformers loads them by.
 
-    Tied tensors (lm_head = embed_tokens) are written once: the loader re-ties them. Each
-    shard is written under a temporary name and renamed, so a reader never sees half a file."""
-    seen: set[int] = set()
+    One tensor is gathered at a time, so memory stays bounded by a shard. Tied tensors come
+    once: the loader re-ties them. Each shard is written under a temporary name and renamed,
+    so a reader never sees half a file. write=False takes part in the gathering (every rank
+    must) without writing: the ranks that do not push."""
     shards: list[dict[str, torch.Tensor]] = [{}]
-    size, limit = 0, shard_mb << 20
-    for name, value in policy.state_dict().items():
-        if value.data_ptr() in seen:
-            continue
-        seen.add(value.data_ptr())
-        tensor = value.detach().to("cpu", DTYPES[dtype]).contiguous()
+    size, limit, paths, weight_map = 0, shard_mb << 20, [], {}
+    cast = DTYPES[dtype] if dtype else None
+
+    def flush() -> None:
+        if not shards[-1] or not write:
+            shards[-1] = {}
+            return
+        path = folder / f"model-{len(paths) + 1:05d}.safetensors"
+        tmp = folder / f".{path.name}.tmp"
+        save_file(shards[-1], str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+        paths.append(path)
+        weight_map.update({name: path.name for name in shards[-1]})
+        shards[-1] = {}
+
+    for name, value in policy.full_state(dtype=cast, device="cpu"):
+        tensor = value.contiguous()
         nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > limit:
-            shards.append({})
+            flush()
             size = 0
         shards[-1][name] = tensor
         size += nbytes
-    paths = []
-    for i, shard in enumerate(shards):
-        path = folder / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        tmp = folder / f".{path.name}.tmp"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-        paths.append(path)
+    flush()
+    if not write:
+        return []
+    index = folder / "model.safetensors.index.json"
+    total = sum(p.stat().st_size for p in paths)
+    tmp = folder / ".index.tmp"
+    tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    os.replace(tmp, index)
     for stale in set(folder.glob("*.safetensors")) - set(paths):  # a different shard count than last time
         stale.unlink()
     return paths
 
 
-def export_model(policy, tokenizer, folder: Path, dtype: str, shard_mb: int) -> None:
-    """A complete HF model folder (config, tokenizer, weights) an engine can start from."""
-    policy.config.save_pretrained(folder)
-    if policy.generation_config is not None:
-        policy.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    export_weights(policy, folder, dtype, shard_mb)
+def export_model(policy, tokenizer, folder: Path, dtype: str | None, shard_mb: int, write: bool = True) -> None:
+    """A complete HF model folder (config, generation config, tokenizer, weights) of the base
+    architecture, adapters merged: what an engine starts from and what rl.eval loads."""
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(policy.config)
+        config.use_cache = True  # gradient checkpointing switches it off in the trainer's copy
+        if dtype:
+            config.dtype = dtype
+        config.save_pretrained(folder)
+        if policy.generation_config is not None:
+            policy.generation_config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    export_weights(policy, folder, dtype, shard_mb, write)
 
 
 def probe_prompt(tokenizer) -> list[int]:
@@ -86,15 +109,18 @@ def probe_prompt(tokenizer) -> list[int]:
 @torch.no_grad()
 def trainer_logprobs(policy, prompt: list[int], tokens: list[int], temperature: float = 1.0,
                      dtype: str = "float32") -> list[float]:
-    """log pi(token_t | prompt, tokens_<t) under the policy at `temperature`; with a
-    low-precision dtype the forward runs under autocast to it, to compare like with like
-    (an fp32 trainer and a bf16 engine differ by up to ~0.5 nats on a token from
-    numerics alone, measured on SmolLM2 after the warm-up)."""
+    """log pi(token_t | prompt, tokens_<t) under the policy (a Policy handle: a collective
+    forward when sharded) at `temperature`; with a low-precision dtype the forward runs under
+    autocast to it, to compare like with like (an fp32 trainer and a bf16 engine differ by up
+    to ~0.5 nats on a token from numerics alone, measured on SmolLM2 after the warm-up)."""
     ids = torch.tensor([prompt + tokens], device=policy.device)  # [1, P+T]
     cast = torch.autocast(policy.device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+    was_training = policy.module.training
+    policy.eval()
     with cast:
-        logits = policy(input_ids=ids).logits[0, len(prompt) - 1: -1].float() / temperature  # [T, V]
-    return torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]).squeeze(1).tolist()
+        logprobs, _ = policy.logprobs(ids, torch.ones_like(ids), len(tokens), temperature)  # [1, T]
+    policy.module.train(was_training)
+    return logprobs[0].float().tolist()
 
 
 def check_probe(engine_lps: list[float], trainer_lps: list[float], tolerance: float, engine: str) -> float:

@@ -60,11 +60,15 @@ class VLLMServerEngine:
             return [sample for group in groups for sample in group]  # B*G, groups contiguous
 
     def load_weights(self, policy) -> None:
+        """Rank 0 pushes (every rank takes part in gathering the full weights); then every
+        rank checks the server against its own forward."""
         start = time.perf_counter()
-        export_weights(policy, self.folder, self.dtype, self.cfg.shard_mb)
-        self._request("POST", "/collective_rpc", {"method": "toolcall_rl_reload",
-                                                  "kwargs": {"weights_path": str(self.folder)}})
-        self._request("POST", "/reset_prefix_cache")
+        export_weights(policy, self.folder, self.dtype, self.cfg.shard_mb, write=policy.dist.main)
+        if policy.dist.main:
+            self._request("POST", "/collective_rpc", {"method": "toolcall_rl_reload",
+                                                      "kwargs": {"weights_path": str(self.folder)}})
+            self._request("POST", "/reset_prefix_cache")
+        policy.dist.barrier()  # no rank samples or probes before the push is complete
         self.last_sync_s = time.perf_counter() - start
         self.verify(policy)
 
