@@ -150,7 +150,8 @@ def trainable_values(folder: Path, policy) -> dict[str, torch.Tensor]:
         live = get_model_state_dict(policy.module, options=_options())
         copy = {k: v.detach().clone() for k, v in live.items()}
         dcp.load({"model": copy}, checkpoint_id=str(folder / "dcp"))
-        return {k.removeprefix("model."): v for k, v in copy.items()}
+        names = {n for n, _ in policy.named_trainable()}  # a tied weight has two keys here, one parameter
+        return {k.removeprefix("model."): v for k, v in copy.items() if k.removeprefix("model.") in names}
     saved = lora.read_adapter(folder) if policy.lora else _read_safetensors(folder)
     return {name: saved[name] for name, _ in policy.named_trainable() if name in saved}
 

@@ -86,4 +86,6 @@ class LogprobModule(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, completion_len: int, temperature: float = 1.0, chunk: int = 1024,
                 group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        return token_logprobs(self.model, input_ids, attention_mask, completion_len, temperature, chunk, group_size)
+        logprobs, entropy = token_logprobs(self.model, input_ids, attention_mask, completion_len, temperature, chunk,
+                                           group_size)
+        return logprobs.clone(), entropy  # not a view: FSDP's pre-backward hook must stay on the output

@@ -1,0 +1,64 @@
+"""One optimizer step on one fixed batch of rollouts, in one process or under torchrun:
+
+    python tests/dist_step.py OUT.pt [overrides...]
+    torchrun --nproc_per_node 2 tests/dist_step.py OUT.pt [overrides...]
+
+Every rank builds the same batch (B prompts x G completions, ragged lengths, fixed rewards),
+takes its share of whole groups, and runs rl.train.update_policy; rank 0 saves the trained
+parameters (whole) and the step's stats. tests/test_distributed.py compares the two."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rl.advantages import ADVANTAGES  # noqa: E402
+from rl.setup import Setup  # noqa: E402
+from rl.train import make_optimizer, update_policy  # noqa: E402
+from rl.types import Rollout  # noqa: E402
+from tests.conftest import tiny_cfg  # noqa: E402
+
+B, G = 4, 3
+
+
+def fixed_rollouts(vocab: int) -> tuple[list[Rollout], torch.Tensor]:
+    g = torch.Generator().manual_seed(1234)
+    rollouts, rewards = [], []
+    for i in range(B):
+        prompt = torch.randint(10, vocab, (5 + 3 * i,), generator=g).tolist()
+        for j in range(G):
+            n = 2 + (i + 2 * j) % 5
+            completion = torch.randint(10, vocab, (n,), generator=g).tolist()
+            rollout_lps = (-torch.rand(n, generator=g)).tolist()
+            rollouts.append(Rollout({}, prompt, completion, [1] * n, rollout_lps, "", "stop"))
+            rewards.append(float(torch.rand((), generator=g)))
+    return rollouts, torch.tensor(rewards)
+
+
+def main() -> None:
+    out, overrides = sys.argv[1], sys.argv[2:]
+    cfg = tiny_cfg(Path(out).parent / "run", *overrides)
+    s = Setup.build(cfg)
+    policy = s.policy
+    rollouts, rewards = fixed_rollouts(min(len(s.tokenizer), 5000))
+    mine = policy.dist.share(list(range(B)))  # this rank's prompts, whole groups
+    idx = [k * G + j for k in mine for j in range(G)]
+    rollouts = [rollouts[i] for i in idx]
+    advantages = ADVANTAGES[cfg.algo.advantage](rewards[idx], G)
+    opt, sched = make_optimizer(cfg.trainer, policy)
+    if cfg.algo.kl_coef > 0:
+        policy.set_reference({n: p.detach() for n, p in policy.named_trainable()})
+    with torch.no_grad():  # move off the init (LoRA's B = 0 would give A no gradient) and away from the
+        for _, p in policy.named_trainable():  # reference; elementwise, so the same whether sharded or not
+            p.add_(0.01)
+    stats = update_policy(cfg, policy, opt, sched, rollouts, advantages, s)
+    state = policy.trainable_full()
+    if policy.dist.main:
+        torch.save({"params": state, "stats": stats, "world": policy.dist.world}, out)
+    policy.dist.close()
+
+
+if __name__ == "__main__":
+    main()
