@@ -22,13 +22,15 @@ from trl import SFTConfig, SFTTrainer
 from envs.single_turn import SingleTurnEnv, gold_answer
 from envs.synthetic import generate
 from rl.models import smollm2_folder
+from rl.parallel import Dist
+from rl.policy import Policy
 from rl.sft import warm_up
 
 
 def ours(model, tokenizer, env, tasks, steps, batch) -> float:
     cfg = OmegaConf.create({"steps": steps, "batch_size": batch, "lr": 5e-5})
     start = time.perf_counter()
-    warm_up(cfg, model, tokenizer, env, tasks, token_budget=1 << 20, device=torch.device("cpu"))
+    warm_up(cfg, Policy(model, Dist()), tokenizer, env, tasks, token_budget=1 << 20)
     return (time.perf_counter() - start) / steps
 
 

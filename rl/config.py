@@ -37,7 +37,7 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     name: str = "hf"
-    dtype: Optional[str] = None  # hf: sample from a copy in this dtype (synced every step); null = share the policy
+    dtype: Optional[str] = None  # hf: sample from a copy in this dtype (synced every step); null = share the policy; auto = bfloat16 where native
     prefill_once: bool = True  # hf: prefill each prompt once and share its KV cache across the group
     # vllm / vllm_server
     gpu_memory_utilization: float = 0.5  # share of GPU memory vLLM takes (colocated: the trainer needs the rest)
@@ -50,6 +50,9 @@ class EngineConfig:
     probe_tokens: int = 16  # weight-sync check: greedy tokens of a fixed probe prompt
     probe_tolerance: Optional[float] = None  # mean |logprob diff| per token, engine vs trainer; null: 1e-3 fp32, 0.1 bf16
     url: str = "http://127.0.0.1:8000"  # vllm_server: the server started with `python -m rl.engines.vllm_server`
+    sync: str = "folder"  # vllm_server: folder (sync_dir, one machine) | broadcast (a process group: crosses machines)
+    sync_port: int = 51216  # vllm_server, sync=broadcast: the port on the server's host the trainer connects to
+    sync_backend: Optional[str] = None  # sync=broadcast: gloo | nccl; null = nccl when the trainer is on CUDA, else gloo
     connect_timeout_s: float = 300.0  # vllm_server: wait this long for /health, then fail
     request_timeout_s: float = 600.0  # vllm_server: one generate or sync request
 

@@ -51,20 +51,18 @@ class Dist:
         return items[lo:hi]
 
     def sum(self, values: dict[str, float]) -> dict[str, float]:
-        """Elementwise sum over ranks of a dict of floats (same keys in the same order on every rank)."""
-        if not self.distributed or not values:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return dict(zip(keys, t.tolist()))
+        """Elementwise sum over ranks of a dict of floats (the same keys on every rank)."""
+        return self._all_reduce(values, dist.ReduceOp.SUM)
 
     def max(self, values: dict[str, float]) -> dict[str, float]:
+        return self._all_reduce(values, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, values: dict[str, float], op) -> dict[str, float]:
         if not self.distributed or not values:
             return values
         keys = sorted(values)
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=op)
         return dict(zip(keys, t.tolist()))
 
     def gather(self, items: list) -> list:

@@ -107,15 +107,10 @@ def train(cfg: DictConfig) -> dict:
         s.engine.load_weights(policy)
         t_end = time.perf_counter()
 
-        everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts])])
-        metrics = {
-            **reward_metrics(concat([sc for sc, _ in everyone]), G), **stats,
-            **rollout_metrics([shape for _, shapes in everyone for shape in shapes], t_end - t0),
-            "lr": sched.get_last_lr()[0], **dist.max({"time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen,
-                                                      "time/sync_s": t_end - t_update, "time/step_s": t_end - t0}),
-            "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0),  # engines that check their sync
-            **memory_metrics(dist),
-        }
+        times = {"time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen, "time/sync_s": t_end - t_update,
+                 "time/step_s": t_end - t0}
+        metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, "lr": sched.get_last_lr()[0],
+                   "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0)}  # engines that check their sync
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
             metrics.update(run_eval())
         if step == cfg.trainer.steps:
@@ -214,6 +209,16 @@ def make_optimizer(cfg, policy):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def batch_metrics(dist, scored, rollouts, group_size: int, times: dict) -> dict:
+    """Reward, length and throughput metrics of the whole batch (every rank's rollouts), the
+    slowest rank's times, and peak memory."""
+    everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts])])
+    times = dist.max(times)
+    return {**reward_metrics(concat([sc for sc, _ in everyone]), group_size),
+            **rollout_metrics([shape for _, shapes in everyone for shape in shapes], times["time/step_s"]),
+            **times, **memory_metrics(dist)}
+
+
 def concat(results: list) -> RewardResult:
     """The reward results of every rank as one batch (rank order)."""
     first = results[0]
@@ -291,6 +296,8 @@ def _step_of(folder: Path | None) -> int | None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
+    if torch.distributed.is_initialized():  # under torchrun: leave the process group cleanly
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

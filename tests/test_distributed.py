@@ -14,11 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.procs import descendants, running
 
 ROOT = Path(__file__).parent.parent
 DENSE = ["reward.functions=[{_target_: tests.test_distributed.length_reward, weight: 1.0}]",
@@ -42,16 +45,25 @@ def free_port() -> int:
 
 
 def torchrun(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A 2-rank torchrun job; its output goes to a file (a pipe nobody reads could stall it)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    proc.log = log
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    proc.wait(timeout=timeout)
+    assert proc.returncode == 0, output(proc)[-4000:]
+    return output(proc)
 
 
 def metrics(out_dir: Path) -> list[dict]:
@@ -86,10 +98,16 @@ def test_two_rank_run_killed_mid_step_resumes_exactly(tmp_path):
     proc = torchrun([*common, f"trainer.output_dir={broken}"], env={PAUSE: str(broken / "checkpoint-2")})
     deadline = time.monotonic() + 300
     while not list(broken.glob("checkpoint-2.paused-*")):  # step 3 is under way: checkpoint-2 is complete
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        assert proc.poll() is None and time.monotonic() < deadline, output(proc)[-3000:]
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, mid-step: as if the machine died
+    job = descendants(proc.pid) | {proc.pid}  # torchrun starts each rank in a session of its own
+    for pid in job:  # the whole job, mid-step: as if the machine died
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in job if running(pid)]
     assert not (broken / "checkpoint-3").exists()
 
     finish(torchrun([*common, f"trainer.output_dir={broken}", "trainer.resume=true"]))

@@ -28,6 +28,7 @@ from rl.setup import Setup  # noqa: E402
 from rl.train import train  # noqa: E402
 from rl.types import SamplingParams  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
+from tests.procs import descendants, running  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
 
@@ -124,6 +125,19 @@ def test_a_broken_sync_is_detected(engine, setup, monkeypatch):
     assert engine.last_probe_diff < 1e-3
 
 
+def test_lora_policy_syncs_merged_weights(engine, setup, tmp_path):
+    lora = Setup.build(tiny_cfg(tmp_path, "model.lora.r=4"))  # the same random base, with adapters
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for _, p in lora.policy.named_trainable():
+            p.add_(torch.randn_like(p) * 0.05)
+    engine.load_weights(lora.policy)  # base + scale * B @ A, computed per layer; the probe checks it
+    assert engine.last_probe_diff < 1e-3
+    assert_same_generation(engine, lora)  # vs the transformers engine sampling through the adapters
+    assert all(".lora_" in n for n, _ in lora.policy.named_trainable())
+    engine.load_weights(setup.policy)  # leave the shared engine as the other tests expect it
+
+
 def test_sleep_mode_is_refused_on_cpu_with_a_message(setup):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
@@ -170,6 +184,18 @@ def test_server_mode_against_a_real_server(setup, tmp_path):
         assert remote.last_probe_diff < 1e-3
         sampled = remote.generate(prompts(setup, 2), 2, SamplingParams(temperature=1.0, max_new_tokens=6, stop=()))
         assert len(sampled) == 4 and all(len(x.completion) == len(x.rollout_logprobs) for x in sampled)
+
+        # the sync that crosses machines: no shared folder, the tensors stream over a process group
+        perturb(setup.policy, scale=0.01)
+        cfg = engine_cfg(name="vllm_server", url=f"http://127.0.0.1:{port}", sync="broadcast", sync_port=free_port(),
+                         connect_timeout_s=60, request_timeout_s=120)
+        streamed = VLLMServerEngine(cfg, setup.policy, setup.tokenizer)
+        assert streamed.folder is None and streamed.group is not None and streamed.last_probe_diff < 1e-3
+        assert_same_generation(streamed, setup)
+        perturb(setup.policy, only="embed_tokens", scale=0.01)  # the tied output layer too
+        streamed.load_weights(setup.policy)
+        assert streamed.last_probe_diff < 1e-3
+        assert_same_generation(streamed, setup)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -207,23 +233,6 @@ def test_server_timeouts_raise_instead_of_hanging(setup):
     silent.close()
 
 
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                ppid = int(open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(stat))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def test_sigterm_to_the_trainer_takes_vllm_down(tmp_path):
     script = tmp_path / "hold.py"
     script.write_text(f"""
@@ -256,11 +265,3 @@ if __name__ == "__main__":
         assert not [p for p in workers if running(p)]
     finally:
         proc.kill()
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

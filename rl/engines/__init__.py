@@ -23,9 +23,10 @@ class Engine(Protocol):
 
 def make_engine(cfg, policy, tokenizer, seed: int = 0) -> Engine:
     if cfg.name == "hf":
-        from rl.engines.hf import HFEngine
+        from rl.engines.hf import HFEngine, native_dtype
 
-        return HFEngine(policy, tokenizer, dtype=cfg.dtype, prefill_once=cfg.prefill_once)
+        dtype = native_dtype(policy.device) if cfg.dtype == "auto" else cfg.dtype
+        return HFEngine(policy, tokenizer, dtype=dtype, prefill_once=cfg.prefill_once)
     if cfg.name == "vllm":
         from rl.engines.vllm import VLLMEngine
 

@@ -136,6 +136,14 @@ class HFEngine:
         return samples
 
 
+def native_dtype(device: torch.device) -> str | None:
+    """engine.dtype=auto: bfloat16 where it is computed natively (CUDA, CPUs with AVX-512-BF16 or
+    AMX), else None (sample from the policy's own weights)."""
+    if device.type == "cuda":
+        return "bfloat16"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def plain_copy(policy, dtype: torch.dtype):
     """An uninitialised model of the policy's base architecture, on the policy's device."""
     from transformers.initialization import no_init_weights

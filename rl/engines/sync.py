@@ -41,44 +41,46 @@ def sync_folder(parent: str | None) -> Path:
 
 
 def export_weights(policy, folder: Path, dtype: str | None, shard_mb: int, write: bool = True) -> list[Path]:
-    """Write policy.full_state() (gathered, adapters merged) as safetensors shards of at most
-    shard_mb in `dtype` (null: the policy's), plus the index transformers loads them by.
+    """Write policy.full_state() (gathered, adapters merged) in `dtype` (null: the policy's)
+    as safetensors shards. write=False takes part in the gathering (every rank must) without
+    writing: the ranks that do not push."""
+    items = policy.full_state(dtype=DTYPES[dtype] if dtype else None, device="cpu")
+    if not write:
+        for _ in items:
+            pass
+        return []
+    return write_shards(items, folder, shard_mb)
 
-    One tensor is gathered at a time, so memory stays bounded by a shard. Tied tensors come
-    once: the loader re-ties them. Each shard is written under a temporary name and renamed,
-    so a reader never sees half a file. write=False takes part in the gathering (every rank
-    must) without writing: the ranks that do not push."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
+
+def write_shards(items, folder: Path, shard_mb: int) -> list[Path]:
+    """(name, tensor) pairs -> safetensors shards of at most shard_mb, plus the index
+    transformers loads them by. Memory stays bounded by a shard. Each file is written under
+    a temporary name and renamed, so a reader never sees half a file."""
+    shard: dict[str, torch.Tensor] = {}
     size, limit, paths, weight_map = 0, shard_mb << 20, [], {}
-    cast = DTYPES[dtype] if dtype else None
 
     def flush() -> None:
-        if not shards[-1] or not write:
-            shards[-1] = {}
-            return
         path = folder / f"model-{len(paths) + 1:05d}.safetensors"
         tmp = folder / f".{path.name}.tmp"
-        save_file(shards[-1], str(tmp), metadata={"format": "pt"})
+        save_file(shard, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path)
         paths.append(path)
-        weight_map.update({name: path.name for name in shards[-1]})
-        shards[-1] = {}
+        weight_map.update({name: path.name for name in shard})
+        shard.clear()
 
-    for name, value in policy.full_state(dtype=cast, device="cpu"):
-        tensor = value.contiguous()
+    for name, value in items:
+        tensor = value.detach().to("cpu").contiguous()
         nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > limit:
+        if shard and size + nbytes > limit:
             flush()
             size = 0
-        shards[-1][name] = tensor
+        shard[name] = tensor
         size += nbytes
-    flush()
-    if not write:
-        return []
-    index = folder / "model.safetensors.index.json"
-    total = sum(p.stat().st_size for p in paths)
-    tmp = folder / ".index.tmp"
-    tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    if shard or not paths:
+        flush()
+    index, tmp = folder / "model.safetensors.index.json", folder / ".index.tmp"
+    tmp.write_text(json.dumps({"metadata": {"total_size": sum(p.stat().st_size for p in paths)}, "weight_map": weight_map},
+                              indent=1))
     os.replace(tmp, index)
     for stale in set(folder.glob("*.safetensors")) - set(paths):  # a different shard count than last time
         stale.unlink()

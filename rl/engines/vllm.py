@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -60,12 +61,13 @@ class VLLMEngine:
         memory = {"gpu_memory_utilization": cfg.gpu_memory_utilization}
         if (kv_bytes := kv_cache_bytes(cfg.kv_cache_gb, cuda)) is not None:
             memory["kv_cache_memory_bytes"] = kv_bytes
-        self.llm = vllm.LLM(
-            model=str(self.folder), dtype=self.dtype, seed=seed, max_model_len=cfg.max_model_len,
-            enable_prefix_caching=True, logprobs_mode="processed_logprobs",
-            enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not cuda,
-            enable_sleep_mode=cfg.sleep, worker_extension_cls=WORKER_EXTENSION, **memory,
-        )
+        with own_engine_env(policy.dist):
+            self.llm = vllm.LLM(
+                model=str(self.folder), dtype=self.dtype, seed=seed, max_model_len=cfg.max_model_len,
+                enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not cuda,
+                enable_sleep_mode=cfg.sleep, worker_extension_cls=WORKER_EXTENSION, **memory,
+            )
         exit_on_sigterm()
         self.probe = probe_prompt(tokenizer)
         self.asleep = False
@@ -123,6 +125,34 @@ class VLLMEngine:
             self.asleep = False
 
 
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@contextmanager
+def own_engine_env(dist):
+    """Under torchrun each rank starts its own one-GPU vLLM: its engine and worker processes
+    (which copy this environment when they start) must not see torchrun's rank variables,
+    and on CUDA must see only this rank's GPU."""
+    if not dist.distributed:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (*TORCHRUN_ENV, "CUDA_VISIBLE_DEVICES")}
+    for k in TORCHRUN_ENV:
+        os.environ.pop(k, None)
+    if dist.device.type == "cuda":
+        visible = saved["CUDA_VISIBLE_DEVICES"]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[dist.local_rank] if visible else str(dist.local_rank)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def exit_on_sigterm() -> None:
     """A SIGTERM'd trainer would die without running vLLM's shutdown, leaving its engine and
     worker processes running (seen here after killing an eval): make SIGTERM a normal exit."""
@@ -135,7 +165,37 @@ WORKER_EXTENSION = "rl.engines.vllm.WorkerExtension"
 
 class WorkerExtension:
     """Mixed into every vLLM worker (`worker_extension_cls`); callable by name through
-    collective_rpc, so nothing is pickled across processes."""
+    collective_rpc, so nothing is pickled across processes (arguments arrive as strings)."""
+
+    def toolcall_rl_rank(self) -> int:
+        return int(self.rank)
+
+    def toolcall_rl_join(self, port: str, world_size: str, backend: str, timeout_s: str) -> int:
+        """Join the trainer's weight-broadcast group (rl/engines/broadcast.py) as rank 1 + this
+        worker's rank; the first worker hosts the rendezvous on `port`."""
+        from rl.engines.broadcast import Group
+        from rl.engines.sync import sync_folder
+
+        rank = 1 + int(self.rank)
+        host = "0.0.0.0" if rank == 1 else "127.0.0.1"
+        self.toolcall_rl_group = Group(host, int(port), rank, int(world_size), backend, float(timeout_s))
+        self.toolcall_rl_folder = sync_folder(None)
+        return rank
+
+    def toolcall_rl_receive(self, shard_mb: str = "512") -> int:
+        """Receive the trainer's weights into this worker's RAM folder, then reload them."""
+        from rl.engines.sync import write_shards
+
+        count = [0]
+
+        def counted():
+            for item in self.toolcall_rl_group.receive():
+                count[0] += 1
+                yield item
+
+        write_shards(counted(), self.toolcall_rl_folder, int(shard_mb))
+        self.toolcall_rl_reload(str(self.toolcall_rl_folder))
+        return count[0]
 
     def toolcall_rl_reload(self, weights_path: str) -> None:
         self.reload_weights(weights_path=weights_path)

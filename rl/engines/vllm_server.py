@@ -6,12 +6,18 @@ Start the server (same machine; its GPUs are set with CUDA_VISIBLE_DEVICES):
     CUDA_VISIBLE_DEVICES=1 python -m rl.engines.vllm_server --model Qwen/Qwen2.5-1.5B-Instruct --port 8000
 
 then train with `engine=vllm_server engine.url=http://127.0.0.1:8000`. The trainer pushes
-its weights at start and after every step: bf16 safetensors into a RAM folder
-(engine.sync_dir, default /dev/shm; on two hosts it must be a folder both see), then
-`POST /collective_rpc toolcall_rl_reload` makes every worker reload them in place, then
-`POST /reset_prefix_cache`, then the same probe check as the colocated engine. Every
-request has a timeout (engine.connect_timeout_s, engine.request_timeout_s) and fails with
-the URL and what to do, instead of hanging.
+its weights at start and after every step (rank 0 pushes under torchrun; every rank takes
+part in gathering them), in one of two ways:
+- engine.sync=folder (default, one machine): bf16 safetensors into a RAM folder
+  (engine.sync_dir, default /dev/shm), then `POST /collective_rpc toolcall_rl_reload` makes
+  every worker reload them in place;
+- engine.sync=broadcast (the server may be on another machine): the tensors stream over a
+  process group between the trainer and the server's workers (rl/engines/broadcast.py,
+  gloo or nccl, rendezvous on engine.sync_port of the server's host); each worker writes
+  them to its own RAM and reloads.
+Then `POST /reset_prefix_cache`, then the same probe check as the colocated engine. Every
+request and the group have a timeout (engine.connect_timeout_s, engine.request_timeout_s)
+and fail with the URL and what to do, instead of hanging.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
 
 import torch
 
 from rl.engines.sync import export_weights, kv_cache_bytes, probe_prompt, sync_folder, tolerance, verify_probe
+from rl.models import DTYPES
 from rl.types import Sample, SamplingParams
 
 START_HINT = "start one with `python -m rl.engines.vllm_server --model <model> --port <port>` (README, server mode)"
@@ -47,7 +55,10 @@ class VLLMServerEngine:
         self.tolerance = tolerance(cfg, self.dtype)
         wait_for_server(self.url, cfg.connect_timeout_s)
         self.model = self._request("GET", "/v1/models")["data"][0]["id"]
-        self.folder = sync_folder(cfg.sync_dir)
+        if cfg.sync not in ("folder", "broadcast"):
+            raise ValueError(f"engine.sync={cfg.sync!r}: use folder (one machine) or broadcast (crosses machines)")
+        self.folder = sync_folder(cfg.sync_dir) if cfg.sync == "folder" else None
+        self.group = None  # the broadcast group, joined at the first sync
         self.probe = probe_prompt(tokenizer)
         self.last_sync_s = 0.0
         self.last_probe_diff = 0.0
@@ -63,14 +74,58 @@ class VLLMServerEngine:
         """Rank 0 pushes (every rank takes part in gathering the full weights); then every
         rank checks the server against its own forward."""
         start = time.perf_counter()
-        export_weights(policy, self.folder, self.dtype, self.cfg.shard_mb, write=policy.dist.main)
+        if self.cfg.sync == "broadcast":
+            self._broadcast(policy)
+        else:
+            export_weights(policy, self.folder, self.dtype, self.cfg.shard_mb, write=policy.dist.main)
+            if policy.dist.main:
+                self._request("POST", "/collective_rpc", {"method": "toolcall_rl_reload",
+                                                          "kwargs": {"weights_path": str(self.folder)}})
         if policy.dist.main:
-            self._request("POST", "/collective_rpc", {"method": "toolcall_rl_reload",
-                                                      "kwargs": {"weights_path": str(self.folder)}})
             self._request("POST", "/reset_prefix_cache")
         policy.dist.barrier()  # no rank samples or probes before the push is complete
         self.last_sync_s = time.perf_counter() - start
         self.verify(policy)
+
+    def _broadcast(self, policy) -> None:
+        """Stream the full weights to every worker; they write and reload them (their answer to
+        the receive request comes once they have)."""
+        main = policy.dist.main
+        if main and self.group is None:
+            self.group = self._join(policy)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            receiving = pool.submit(self._request, "POST", "/collective_rpc", {
+                "method": "toolcall_rl_receive", "kwargs": {"shard_mb": str(self.cfg.shard_mb)}}) if main else None
+            try:
+                for name, tensor in policy.full_state(dtype=DTYPES[self.dtype]):
+                    if main:
+                        self.group.send(name, tensor)
+                if main:
+                    self.group.end()
+            except Exception as e:
+                raise ServerError(f"vLLM server {self.url}: the weight broadcast failed ({type(e).__name__}: {e}); "
+                                  "is the server still up?") from e
+            finally:
+                if receiving is not None:
+                    receiving.result()  # the workers' answer, or their error
+
+    def _join(self, policy):
+        from rl.engines.broadcast import Group
+
+        workers = len(self._request("POST", "/collective_rpc", {"method": "toolcall_rl_rank"})["results"])
+        backend = self.cfg.sync_backend or ("nccl" if policy.device.type == "cuda" else "gloo")
+        host, world, timeout = urlparse(self.url).hostname, 1 + workers, self.cfg.request_timeout_s
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            joining = pool.submit(self._request, "POST", "/collective_rpc", {"method": "toolcall_rl_join", "kwargs": {
+                "port": str(self.cfg.sync_port), "world_size": str(world), "backend": backend, "timeout_s": str(timeout)}})
+            try:
+                group = Group(host, self.cfg.sync_port, 0, world, backend, timeout)
+            except Exception as e:
+                raise ServerError(f"vLLM server {self.url}: could not join its weight-broadcast group at "
+                                  f"{host}:{self.cfg.sync_port} ({type(e).__name__}: {e}); the port must be reachable "
+                                  "from the trainer (engine.sync_port)") from e
+            joining.result()
+        return group
 
     def verify(self, policy) -> float:
         probe = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.cfg.probe_tokens, stop=())
