@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from rl.types import Batch, Rollout
@@ -61,3 +63,14 @@ def token_budget_chunks(rollouts: list[Rollout], budget: int, group_size: int = 
     if current:
         chunks.append(current)
     return chunks
+
+
+def even_out(batches: list[Batch], dist) -> list[Batch]:
+    """Under FSDP every forward and backward is a collective: each rank must run as many
+    micro-batches as the rank with the most. Pads with zero-weight copies of the last one
+    (loss mask 0: they add nothing to the loss, the gradient or the stats). Normalise with
+    the real batches' counts, before padding."""
+    count = int(dist.max({"micro_batches": len(batches)})["micro_batches"])
+    last = batches[-1]
+    return batches + [replace(last, loss_mask=torch.zeros_like(last.loss_mask), advantages=torch.zeros_like(last.advantages))
+                      for _ in range(count - len(batches))]

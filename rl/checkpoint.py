@@ -5,6 +5,7 @@
                                                     gathered from the shards by every rank, written by rank 0
       adapter_config.json, adapter_model.safetensors   instead, under LoRA: the adapter in PEFT's own format
                                                     (PeftModel.from_pretrained) + toolcall_rl_base.json
+      checkpoint.json     step, number of processes, LoRA or not
       trainer_state.pt    step, LR schedule, data position, summary, world size; in one process also
                           the optimizer and the RNG. Written last: it marks the folder complete.
       dcp/                distributed: trainable weights + optimizer state, sharded (torch.distributed.checkpoint)
@@ -17,6 +18,7 @@ temporary folder and renamed: a crash mid-save leaves the previous one intact. c
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -34,6 +36,7 @@ from rl.parallel import local, reshard
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE = "trainer_state.pt"
+META = "checkpoint.json"  # step, world size: readable before anything loads
 
 
 def rng_state() -> dict:
@@ -62,14 +65,15 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
     if d.distributed:
         import torch.distributed.checkpoint as dcp
 
-        model_state, optim_state = _sharded(policy, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "dcp"))
+        state["optimizer_saved"] = bool(optimizer.state)  # checkpoint-0: AdamW has no state yet
+        dcp.save(_sharded(policy, optimizer if state["optimizer_saved"] else None), checkpoint_id=str(tmp / "dcp"))
         torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")
     else:
         state.update(optimizer=optimizer.state_dict(), rng=rng_state())
     d.barrier()
     final = output_dir / f"checkpoint-{step}"
     if d.main:
+        (tmp / META).write_text(json.dumps({"step": step, "world_size": d.world, "lora": policy.lora}))
         torch.save(state, tmp / STATE)
         if final.exists():
             shutil.rmtree(final)
@@ -111,26 +115,35 @@ def read_state(folder: Path) -> dict:
                            "the checkpoint before it") from None
 
 
+def check_resumable(folder: Path, world: int) -> None:
+    """Fail before anything loads when `folder` was written by another number of processes."""
+    meta = folder / META
+    saved_world = json.loads(meta.read_text())["world_size"] if meta.exists() else read_state(folder).get("world_size", 1)
+    if saved_world != world:
+        raise RuntimeError(
+            f"{folder} was written by {saved_world} process(es) and this run has {world}: resume with the same "
+            f"count (torchrun --nproc_per_node {saved_world}, or plain `python -m rl.train` for 1). To go on with "
+            f"another count, start a new run from its weights: model.name_or_path={folder} (optimizer state and the "
+            "data position start afresh).")
+
+
 def load(folder: Path, policy, optimizer) -> dict:
     """Restore the policy's weights, the optimizer and the RNG; return the trainer state for
     the caller to apply (schedule, data position, summary)."""
     d = policy.dist
+    check_resumable(folder, d.world)
     state = read_state(folder)
-    saved_world = state.get("world_size", 1)
-    if saved_world != d.world:
-        raise RuntimeError(
-            f"{folder} was written by {saved_world} process(es) and this run has {d.world}: resume with the same "
-            f"count (torchrun --nproc_per_node {saved_world}, or plain `python -m rl.train` for 1). To go on with "
-            f"another count, start a new run from its weights: model.name_or_path={folder} (optimizer state and the "
-            "data position start afresh).")
     if d.distributed:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        model_state, optim_state = _sharded(policy, optimizer)
-        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "dcp"))
-        set_state_dict(policy.module, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                       options=_options())
+        with_optimizer = state.get("optimizer_saved", True)
+        sharded = _sharded(policy, optimizer if with_optimizer else None)
+        dcp.load(sharded, checkpoint_id=str(folder / "dcp"))
+        # dcp.load has filled every trainable key or failed; not strict: the frozen base (LoRA) is not in it
+        set_model_state_dict(policy.module, sharded["model"], options=_options(strict=False))
+        if with_optimizer:
+            set_optimizer_state_dict(policy.module, optimizer, sharded["optim"], options=_options())
         set_rng_state(torch.load(folder / f"rng-rank{d.rank}.pt", weights_only=False))
         reshard(policy.module)
     else:
@@ -194,13 +207,19 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _options():
+def _options(strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)  # under LoRA: the adapters only; the base comes from its own files
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)  # under LoRA: the adapters only; the base comes from its own files
 
 
-def _sharded(policy, optimizer):
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def _sharded(policy, optimizer=None) -> dict:
+    """{"model": trainable weights, "optim": optimizer state} as sharded state dicts. Only ask
+    for the optimizer once it has state: torch initialises an empty one by taking a step
+    (with lr 0, but AdamW's step count would then be one ahead of a single process's)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return get_state_dict(policy.module, optimizer, options=_options())
+    state = {"model": get_model_state_dict(policy.module, options=_options())}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(policy.module, optimizer, options=_options())
+    return state

@@ -40,6 +40,13 @@ def apply(model, cfg, gradient_checkpointing: bool, seed: int):
             peft_model = get_peft_model(model, config)
         except ValueError as e:
             raise ValueError(f"model.lora.target_modules={targets}: {e}") from None
+    from peft.tuners.lora import Linear
+
+    head = model.get_output_embeddings()
+    odd = [name for name, layer in lora_layers(model).items() if not isinstance(layer, Linear) or layer.base_layer is head]
+    if odd:
+        raise ValueError(f"model.lora.target_modules={targets} puts adapters on {odd[:3]}: only the linear projections "
+                         "of the decoder layers are supported (not embeddings, not lm_head)")
     return peft_model
 
 

@@ -24,6 +24,11 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def world_size() -> int:
+    """The number of processes this run will have (readable before any process group exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+
+
 @dataclass
 class Dist:
     """Where this process stands: rank, world size, device mesh. world == 1 and no mesh for a
@@ -139,6 +144,9 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, d: Dist, cpu_offload: b
     On CUDA with bf16: bf16 parameters in forward/backward, fp32 gradient reduction."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    if cpu_offload and d.device.type != "cuda":
+        raise ValueError("trainer.fsdp.cpu_offload=true moves GPU shards to host memory; on CPU they are there "
+                         "already: set it to false")
     kwargs: dict = {"mesh": d.mesh}
     if d.device.type == "cuda" and bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -33,13 +33,17 @@ ADAPTERS_OFF = "adapters_off"
 
 
 class Policy:
-    def __init__(self, model, d: Dist, peft_model=None, model_cfg: dict | None = None):
+    def __init__(self, model, d: Dist, peft_model=None, model_cfg: dict | None = None, module: LogprobModule | None = None):
+        """module: the LogprobModule around `model`, already sharded when distributed."""
         self.model = model  # the transformers model (adapters injected in place under LoRA)
         self.peft = peft_model  # the PeftModel around it, or None
-        self.module = LogprobModule(model)  # runs forward/backward; the FSDP root when sharded
+        self.module = module if module is not None else LogprobModule(model)  # forward/backward; the FSDP root
         self.dist = d
         self.model_cfg = model_cfg or {}
         self._reference: dict[str, torch.Tensor] | str | None = None
+        # Taken now, while every FSDP unit is sharded: after a forward without backward the
+        # root registers its unsharded parameters in their place until the next reshard.
+        self._trainable = [(n.removeprefix("model."), p) for n, p in self.module.named_parameters() if p.requires_grad]
 
     # ---- what the loop uses ---------------------------------------------------------------
     @property
@@ -68,19 +72,21 @@ class Policy:
         return self.module(input_ids, attention_mask, completion_len, temperature, chunk, group_size)
 
     def named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """Trainable parameters named as in self.model (adapters: '...q_proj.lora_A.default.weight')."""
-        return [(n.removeprefix("model."), p) for n, p in self.module.named_parameters() if p.requires_grad]
+        """Trainable parameters named as in self.model (adapters: '...q_proj.lora_A.default.weight');
+        the sharded ones when distributed."""
+        return list(self._trainable)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.named_trainable()]
 
     def counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of the whole model (not this rank's shard)."""
+        reshard(self.module)
         params = list(self.module.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
-    def train(self) -> None:
-        self.module.train()
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
 
     def eval(self) -> None:
         self.module.eval()
@@ -94,6 +100,7 @@ class Policy:
         """Every weight of the base architecture under its own name, whole, with the adapters
         merged (W + scale * B @ A) and the trained weights untouched. Tied weights come once.
         A collective when sharded: every rank must iterate to the end, in step."""
+        reshard(self.module)  # read the shards, not a root gathered before the last optimizer step
         layers = lora_.lora_layers(self.model) if self.lora else {}
         seen: set[int] = set()
         with torch.no_grad():
@@ -167,8 +174,7 @@ def build(cfg, tokenizer, d: Dist) -> Policy:
         peft_model = lora_.apply(model, cfg.model.lora, cfg.model.gradient_checkpointing, cfg.model.init_seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["lora"] = {**model_cfg["lora"], "r": 0}  # what a saved adapter's base is: the model without it
-    policy = Policy(model, d, peft_model, model_cfg)
+    module = LogprobModule(model)
     if d.distributed:
-        shard(policy.module, model, d, cfg.trainer.fsdp.cpu_offload, cfg.trainer.bf16,
-              cfg.trainer.fsdp.reshard_after_forward)
-    return policy
+        shard(module, model, d, cfg.trainer.fsdp.cpu_offload, cfg.trainer.bf16, cfg.trainer.fsdp.reshard_after_forward)
+    return Policy(model, d, peft_model, model_cfg, module)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from envs.single_turn import gold_answer
-from rl.batching import collate, token_budget_chunks
+from rl.batching import collate, even_out, token_budget_chunks
 from rl.losses import Normalizer, token_mean
 from rl.setup import autocast
 from rl.types import Rollout
@@ -46,6 +46,7 @@ def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, c
         batches = [collate([rollouts[i] for i in idx], torch.zeros(len(idx)), tokenizer.pad_token_id, device)
                    for idx in token_budget_chunks(rollouts, token_budget)]
         norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
+        batches = even_out(batches, policy.dist)  # as many micro-batches on every rank (FSDP's collectives)
         total = 0.0
         for b in batches:
             with autocast(device, bf16):

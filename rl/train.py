@@ -40,10 +40,11 @@ from omegaconf import DictConfig
 from rl import checkpoint
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
 from rl.advantages import ADVANTAGES, zero_variance_share
-from rl.batching import collate, token_budget_chunks
+from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
 from rl.losses import Normalizer, policy_loss
 from rl.metrics import memory_metrics
+from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast
 from rl.sft import warm_up
 from envs.datasets import TaskStream
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is not None and not cfg.trainer.resume:
         raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
                               "or give a new trainer.output_dir (or delete the folder) to start over")
+    if resume_from is not None:
+        checkpoint.check_resumable(resume_from, world_size())
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
     policy, algo, G, dist = s.policy, cfg.algo, cfg.algo.group_size, s.policy.dist
     opt, sched = make_optimizer(cfg.trainer, policy)
@@ -157,9 +160,11 @@ def update_policy(cfg, policy, opt, sched, rollouts, advantages, s) -> dict:
     chunks = token_budget_chunks(rollouts, trainer.token_budget, share)
     batches = [collate([rollouts[i] for i in idx], advantages[idx], s.tokenizer.pad_token_id, s.device) for idx in chunks]
     norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
+    batches = even_out(batches, policy.dist)  # as many micro-batches on every rank (FSDP's collectives)
     temperature = algo.sampling.temperature
     logprobs_of = lambda b: policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
                                             temperature, trainer.logprob_chunk, share)
+    policy.eval()  # the reference and pi_old as they sample: no dropout
     with torch.no_grad(), autocast(s.device, trainer.bf16):
         if policy.has_reference and algo.kl_coef > 0:
             with policy.reference():
@@ -186,7 +191,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, advantages, s) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return {**policy.dist.sum({**totals, "micro_batches": len(batches)}), "grad_norm": grad_norm}
+    return {**policy.dist.sum({**totals, "micro_batches": len(chunks)}), "grad_norm": grad_norm}
 
 
 def make_optimizer(cfg, policy):

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 2 tests/dist_step.py OUT.pt [overrides...]
 
 Every rank builds the same batch (B prompts x G completions, ragged lengths, fixed rewards),
-takes its share of whole groups, and runs rl.train.update_policy; rank 0 saves the trained
-parameters (whole) and the step's stats. tests/test_distributed.py compares the two."""
+takes its share of whole groups, saves a checkpoint as train does before its first step, and
+runs rl.train.update_policy; rank 0 saves the trained parameters (whole), the step's stats
+and every rank's micro-batch count. tests/test_distributed.py compares the two."""
 
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rl import checkpoint  # noqa: E402
 from rl.advantages import ADVANTAGES  # noqa: E402
+from rl.batching import token_budget_chunks  # noqa: E402
 from rl.setup import Setup  # noqa: E402
 from rl.train import make_optimizer, update_policy  # noqa: E402
 from rl.types import Rollout  # noqa: E402
@@ -48,6 +51,9 @@ def main() -> None:
     rollouts = [rollouts[i] for i in idx]
     advantages = ADVANTAGES[cfg.algo.advantage](rewards[idx], G)
     opt, sched = make_optimizer(cfg.trainer, policy)
+    checkpoint.save(Path(out).parent / f"ckpt-{policy.dist.world}", 0, policy, s.tokenizer, opt, {}, 1)  # as train does
+    share = G if cfg.trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
+    micro_batches = policy.dist.gather([len(token_budget_chunks(rollouts, cfg.trainer.token_budget, share))])
     if cfg.algo.kl_coef > 0:
         policy.set_reference({n: p.detach() for n, p in policy.named_trainable()})
     with torch.no_grad():  # move off the init (LoRA's B = 0 would give A no gradient) and away from the
@@ -56,7 +62,7 @@ def main() -> None:
     stats = update_policy(cfg, policy, opt, sched, rollouts, advantages, s)
     state = policy.trainable_full()
     if policy.dist.main:
-        torch.save({"params": state, "stats": stats, "world": policy.dist.world}, out)
+        torch.save({"params": state, "stats": stats, "world": policy.dist.world, "micro_batches": micro_batches}, out)
     policy.dist.close()
 
 

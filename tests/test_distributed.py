@@ -71,7 +71,7 @@ def metrics(out_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("extra", [
-    ["algo.kl_coef=0.1", "trainer.token_budget=48"],  # full fine-tuning, KL, several micro-batches, shared prompts
+    ["algo.kl_coef=0.1", "trainer.token_budget=100"],  # full fine-tuning, KL, shared prompts, 1 vs 2 micro-batches
     ["model.lora.r=4", "algo.kl_coef=0.1", "model.gradient_checkpointing=true"],  # LoRA, adapters-off reference
 ], ids=["full", "lora"])
 def test_two_ranks_take_the_one_process_step(tmp_path, extra):
@@ -82,6 +82,8 @@ def test_two_ranks_take_the_one_process_step(tmp_path, extra):
     finish(torchrun(["tests/dist_step.py", str(tmp_path / "two.pt"), *common]))
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (a["world"], b["world"]) == (1, 2)
+    if "trainer.token_budget=100" in extra:  # ranks with unequal micro-batch counts: the short one pads
+        assert b["micro_batches"] == [1, 2]
     assert a["params"].keys() == b["params"].keys()
     diff = max((a["params"][k] - b["params"][k]).abs().max().item() for k in a["params"])
     assert diff <= 1e-5, diff
@@ -127,11 +129,14 @@ def test_two_rank_run_killed_mid_step_resumes_exactly(tmp_path):
 
 def test_lora_with_warm_up_on_two_ranks(tmp_path):
     out = tmp_path / "run"
-    finish(torchrun(["-m", "rl.train", "experiment=smoke", *DENSE, "model.lora.r=4", "algo.kl_coef=0.1",
-                     "trainer.sft.steps=2", "trainer.sft.batch_size=2", "trainer.sft.lr=1e-2", "trainer.sft.eval=false",
-                     "trainer.lr=1e-2", f"trainer.output_dir={out}"]))
+    common = ["-m", "rl.train", "experiment=smoke", *DENSE, "model.lora.r=4", "algo.kl_coef=0.1", "trainer.sft.steps=2",
+              "trainer.sft.batch_size=2", "trainer.sft.lr=1e-2", "trainer.sft.eval=false", "trainer.lr=1e-2",
+              f"trainer.output_dir={out}"]
+    finish(torchrun(common))
     steps = [r for r in metrics(out) if "kl" in r]
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-7) and steps[-1]["kl"] > 0  # reference = checkpoint-0
+    finish(torchrun([*common, "trainer.steps=3", "trainer.resume=true"]))  # adapters + AdamW state from dcp/
+    assert [r["step"] for r in metrics(out)] == [0, 1, 2, 3] and metrics(out)[-1]["kl"] > 0
 
     from peft import PeftModel
 

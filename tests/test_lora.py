@@ -66,12 +66,12 @@ def test_only_the_adapters_train_and_the_base_stays_bit_identical(tiny, tmp_path
     assert not list((tmp_path / "checkpoint-2").glob("model*.safetensors"))  # the adapter, not a full copy
 
 
-@pytest.mark.parametrize("dtype", [None, "float32"])
-def test_engine_samples_from_base_plus_adapters(tiny, dtype):
+@pytest.mark.parametrize("merged", [False, True])
+def test_engine_samples_from_base_plus_adapters(tiny, merged):
     s = Setup.build(tiny(*LORA))
     perturb_adapters(s.policy)
-    engine = HFEngine(s.policy, s.tokenizer, dtype=dtype)  # None: the policy's own model; float32: a merged copy
-    assert engine.shared == (dtype is None)
+    engine = HFEngine(s.policy, s.tokenizer, lora_merged=merged)  # through the adapters, or a merged copy
+    assert engine.shared == (not merged)
     ps = [s.env.prompt_ids(t) for t in s.eval_tasks[:3]]
     torch.manual_seed(0)
     samples = engine.generate(ps, 2, SamplingParams(temperature=0.7, max_new_tokens=10, stop=()))
@@ -79,7 +79,7 @@ def test_engine_samples_from_base_plus_adapters(tiny, dtype):
                 for i, x in enumerate(samples)]
     b = collate(rollouts, torch.zeros(6), s.tokenizer.pad_token_id, "cpu")
     assert torch.allclose(logprobs(s.policy, b, temperature=0.7), b.rollout_logprobs * b.loss_mask, atol=1e-4)
-    if dtype:  # after another change, a sync brings the copy along
+    if merged:  # after another change, a sync brings the copy along
         perturb_adapters(s.policy, seed=2)
         engine.load_weights(s.policy)
         again = engine.generate(ps[:1], 1, SamplingParams(temperature=0.0, max_new_tokens=6, stop=()))[0]

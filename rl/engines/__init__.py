@@ -26,7 +26,7 @@ def make_engine(cfg, policy, tokenizer, seed: int = 0) -> Engine:
         from rl.engines.hf import HFEngine, native_dtype
 
         dtype = native_dtype(policy.device) if cfg.dtype == "auto" else cfg.dtype
-        return HFEngine(policy, tokenizer, dtype=dtype, prefill_once=cfg.prefill_once)
+        return HFEngine(policy, tokenizer, dtype=dtype, prefill_once=cfg.prefill_once, lora_merged=cfg.lora_merged)
     if cfg.name == "vllm":
         from rl.engines.vllm import VLLMEngine
 

@@ -5,11 +5,13 @@ Two things it does beyond a plain generate call:
   num_return_sequences would prefill every prompt G times);
 - the log-prob of every sampled token is recorded on the fly (one [N, V] buffer, not the
   whole [N, T, V] score history).
-It samples from the policy's own model (LoRA adapters included) when it can: one process
-and no `dtype`. Otherwise from its own plain copy of the base architecture, which
+It samples from the policy's own model when it can: one process, no `dtype`, and no LoRA
+(or lora_merged=False: then through the adapters, which costs no memory but samples ~1.5x
+slower on CPU). Otherwise from its own plain copy of the base architecture, which
 `load_weights` fills with the policy's full weights (gathered from the shards, adapters
-merged, one tensor at a time): with `dtype` set (bf16 samples ~1.5x faster on CPU), and on
-every rank of a distributed run (a sharded model cannot generate rank by rank).
+merged, one tensor at a time): with `dtype` set (bf16 samples ~1.5x faster where the CPU
+has bf16), under LoRA, and on every rank of a distributed run (a sharded model cannot
+generate rank by rank).
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ def truncate(tokens: list[int], eos_ids: set[int], stop: tuple[str, ...], tokeni
 
 
 class HFEngine:
-    def __init__(self, policy, tokenizer, dtype: str | None = None, prefill_once: bool = True):
+    def __init__(self, policy, tokenizer, dtype: str | None = None, prefill_once: bool = True, lora_merged: bool = True):
         self.tokenizer = tokenizer
         self.prefill_once = prefill_once
         self.last_sync_s = 0.0
-        self.shared = dtype is None and not policy.dist.distributed
+        self.shared = dtype is None and not policy.dist.distributed and not (policy.lora and lora_merged)
         if self.shared:
             self.model = policy.model
         else:

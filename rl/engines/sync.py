@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from rl.models import DTYPES
+from rl.parallel import reshard
 
 PROBE_MESSAGES = [{"role": "user", "content": "What is the weather in Oslo in celsius? Answer with a tool call."}]
 DEFAULT_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.03}  # mean |diff| per probe token
@@ -121,7 +122,8 @@ def trainer_logprobs(policy, prompt: list[int], tokens: list[int], temperature: 
     policy.eval()
     with cast:
         logprobs, _ = policy.logprobs(ids, torch.ones_like(ids), len(tokens), temperature)  # [1, T]
-    policy.module.train(was_training)
+    policy.train(was_training)
+    reshard(policy.module)  # no backward follows: let an FSDP root give its gathered weights back
     return logprobs[0].float().tolist()
 
 

@@ -99,15 +99,19 @@ class VLLMServerEngine:
             try:
                 for name, tensor in policy.full_state(dtype=DTYPES[self.dtype]):
                     if main:
+                        if receiving.done():  # the workers answered before the stream ended: their error
+                            receiving.result()
+                            raise ServerError(f"vLLM server {self.url}: the workers stopped receiving before {name}")
                         self.group.send(name, tensor)
                 if main:
                     self.group.end()
+            except ServerError:
+                raise
             except Exception as e:
                 raise ServerError(f"vLLM server {self.url}: the weight broadcast failed ({type(e).__name__}: {e}); "
                                   "is the server still up?") from e
-            finally:
-                if receiving is not None:
-                    receiving.result()  # the workers' answer, or their error
+            if receiving is not None:
+                receiving.result()  # the workers' answer once they have reloaded, or their error
 
     def _join(self, policy):
         from rl.engines.broadcast import Group

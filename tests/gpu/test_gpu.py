@@ -56,8 +56,10 @@ def _torchrun(args, nproc):
 
 @pytest.mark.parametrize("extra", [[], ["model.lora.r=8"], ["trainer.fsdp.cpu_offload=true"]], ids=["full", "lora", "offload"])
 def test_fsdp_nccl_bf16_step_matches_one_process(tmp_path, extra):
-    """nccl + MixedPrecisionPolicy(bf16 params, fp32 reduction) vs one process under bf16 autocast:
-    equal up to bf16 rounding (the CPU suite checks 1e-5 in fp32)."""
+    """nccl + MixedPrecisionPolicy(bf16 params, fp32 reduction) on 2 GPUs vs one process under bf16
+    autocast: equal up to bf16 rounding (the CPU suite checks 1e-5 in fp32)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
     import subprocess
     import sys
     from pathlib import Path
@@ -67,14 +69,16 @@ def test_fsdp_nccl_bf16_step_matches_one_process(tmp_path, extra):
     one = subprocess.run([sys.executable, "tests/dist_step.py", str(tmp_path / "one.pt"), *common], cwd=root,
                          capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-4000:]
-    _torchrun(["tests/dist_step.py", str(tmp_path / "two.pt"), *common], min(2, torch.cuda.device_count()))
+    _torchrun(["tests/dist_step.py", str(tmp_path / "two.pt"), *common], 2)
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert b["world"] == 2
     assert b["stats"]["grad_norm"] == pytest.approx(a["stats"]["grad_norm"], rel=0.05)
     diff = max((a["params"][k].float() - b["params"][k].float()).abs().max().item() for k in a["params"])
     assert diff < 5e-3, diff
 
 
 def test_torchrun_training_with_nccl_writes_one_log(tmp_path):
+    """FSDP2 over nccl with LoRA and gradient checkpointing end to end (1 rank on a 1-GPU machine)."""
     _torchrun(["-m", "rl.train", "experiment=smoke", "model=qwen2.5-0.5b-random", "trainer.device=cuda",
                "trainer.bf16=true", "model.lora.r=8", "model.gradient_checkpointing=true", "trainer.steps=2",
                f"trainer.output_dir={tmp_path}"], min(2, torch.cuda.device_count()))
