@@ -68,16 +68,32 @@ class SamplingConfig:
 
 @dataclass
 class AlgoConfig:
+    """Three independent axes (advantage, policy loss, aggregation) plus shaping; named recipes
+    are conf/algo/*.yaml (README: Algorithms)."""
+
     name: str = "grpo"
     advantage: str = "grpo"  # rl.advantages.ADVANTAGES
+    baseline: str = "group"  # advantage=reinforce: group | batch mean
     policy_loss: str = "ppo_clip"  # rl.losses.POLICY_LOSSES
     loss_agg: str = "seq-mean-token-mean"  # rl.losses.AGGREGATIONS
+    loss_norm_len: Optional[int] = None  # seq-mean-token-sum-norm's constant; null = sampling.max_new_tokens
     group_size: int = 4  # G completions per prompt
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low is DAPO's clip-higher
-    kl_coef: float = 0.0  # > 0 loads a frozen reference
+    clip_ratio_c: float = 3.0  # dual_clip: loss capped at -c A for A < 0
+    kl_coef: float = 0.0  # > 0 loads a frozen reference (0: none)
     kl_estimator: str = "k3"  # rl.losses.KL_ESTIMATORS
-    updates_per_batch: int = 1  # > 1: several optimizer steps on one batch, old_logprobs from a forward pass
+    kl_in_reward: bool = False  # true: reward -= kl_coef * sequence KL (before advantages), not a loss term
+    entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * agg(entropy)
+    tis_cap: float = 0.0  # > 0: truncated importance sampling min(pi_old / pi_rollout, cap) per token
+    ppo_epochs: int = 1  # passes over each rollout batch; > 1 (or mini_batches > 1): old_logprobs from before the first
+    mini_batches: int = 1  # optimizer steps per pass, each on 1/mini_batches of the groups
+    reward_norm: str = "sum"  # sum | per_function (GDPO: each reward normalised within its group, then summed)
+    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, refill with fresh prompts
+    max_refill_rounds: int = 3  # dynamic_sampling: extra generation rounds per step at most
+    overlong_filter: bool = False  # truncated completions (finish_reason=length) get loss mask 0
+    overlong_buffer: int = 0  # DAPO soft overlong punishment: the last N tokens before max_new_tokens
+    overlong_penalty: float = 1.0  # ... cost up to this much reward
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 

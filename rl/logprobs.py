@@ -14,15 +14,19 @@ from transformers import DynamicCache
 from rl.batching import position_ids
 
 
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, temperature: float):
-    """hidden [n, H], targets [n] -> logprobs [n], entropy [n] (entropy without grad). The
-    head is called as a module, inside the root's forward: FSDP's hooks see it."""
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, temperature: float,
+                    entropy_grad: bool = False):
+    """hidden [n, H], targets [n] -> logprobs [n], entropy [n] (with grad only if entropy_grad:
+    the entropy bonus). The head is called as a module, inside the root's forward: FSDP's
+    hooks see it."""
     logits = head(hidden).float() / temperature  # [n, V]
     logz = torch.logsumexp(logits, dim=-1)  # [n]
     logprobs = logits.gather(1, targets[:, None]).squeeze(1) - logz
-    with torch.no_grad():
-        probs = torch.softmax(logits.detach(), dim=-1)
-        entropy = logz.detach() - (probs * logits.detach()).sum(-1)
+    if entropy_grad:
+        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    else:
+        with torch.no_grad():
+            entropy = logz.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
     return logprobs, entropy
 
 
@@ -52,9 +56,10 @@ def completion_hidden(model, input_ids, attention_mask, completion_len: int, gro
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                   temperature: float = 1.0, chunk: int = 1024, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                   temperature: float = 1.0, chunk: int = 1024, group_size: int = 1,
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids/attention_mask [b, P + C] with completions starting at column P.
-    Returns logprobs [b, C] (with grad if enabled) and entropy [b, C] (no grad)."""
+    Returns logprobs [b, C] (with grad if enabled) and entropy [b, C] (grad only if entropy_grad)."""
     b, length = input_ids.shape
     hidden = completion_hidden(model, input_ids, attention_mask, completion_len, group_size)
     hidden = hidden.reshape(b * completion_len, -1)  # [b*C, H]
@@ -63,7 +68,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     temperature = temperature if temperature > 0 else 1.0
     pieces_lp, pieces_ent = [], []
     for i in range(0, hidden.shape[0], chunk):
-        args = (hidden[i : i + chunk], targets[i : i + chunk], head, temperature)
+        args = (hidden[i : i + chunk], targets[i : i + chunk], head, temperature, entropy_grad)
         if torch.is_grad_enabled():
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -85,7 +90,7 @@ class LogprobModule(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, completion_len: int, temperature: float = 1.0, chunk: int = 1024,
-                group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                group_size: int = 1, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs, entropy = token_logprobs(self.model, input_ids, attention_mask, completion_len, temperature, chunk,
-                                           group_size)
+                                           group_size, entropy_grad)
         return logprobs.clone(), entropy  # not a view: FSDP's pre-backward hook must stay on the output

@@ -67,9 +67,9 @@ class Policy:
         return next(self.model.parameters()).dtype
 
     def logprobs(self, input_ids, attention_mask, completion_len: int, temperature: float = 1.0, chunk: int = 1024,
-                 group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """[b, P + C] ids and mask -> logprobs [b, C] (grad if enabled), entropy [b, C]."""
-        return self.module(input_ids, attention_mask, completion_len, temperature, chunk, group_size)
+                 group_size: int = 1, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """[b, P + C] ids and mask -> logprobs [b, C] (grad if enabled), entropy [b, C] (grad if entropy_grad)."""
+        return self.module(input_ids, attention_mask, completion_len, temperature, chunk, group_size, entropy_grad)
 
     def named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Trainable parameters named as in self.model (adapters: '...q_proj.lora_A.default.weight');

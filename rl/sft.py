@@ -51,7 +51,7 @@ def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, c
         for b in batches:
             with autocast(device, bf16):
                 logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
-            loss = token_mean(-logprobs, b.loss_mask, norm)
+            loss = token_mean(-logprobs, b.loss_mask, norm, None)  # the mean NLL of gold tokens
             loss.backward()
             total += loss.item()
         policy.clip_grad_norm_(1.0)

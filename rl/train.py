@@ -5,18 +5,22 @@
     python -m rl.train --cfg job            # print the resolved config
 
 One step (the log-derivative trick, grad E[R] = E[R grad log pi]):
-    1. sample   G completions for each of B prompts                      (engine)
+    1. sample   G completions for each of B prompts; dynamic sampling    (engine, rl/algo.py)
+                refills groups whose rewards are all equal
     2. score    each completion with the weighted reward functions       (rewards/)
-    3. advantage per completion from its group's rewards                 (rl/advantages.py)
-    4. loss     policy loss on completion tokens (+ KL), micro-batched   (rl/losses.py)
-    5. step     clip the gradient norm, AdamW, LR schedule
-    6. sync     the engine samples from the new weights
-    7. log, evaluate, checkpoint
+    3. shape    GDPO per-function normalisation, overlong punishment,    (rl/algo.py)
+                KL in the reward
+    4. advantage per completion from the whole batch's rewards           (rl/advantages.py)
+    5. loss     policy loss x TIS weight, aggregated, + KL - entropy     (rl/losses.py)
+    6. step     ppo_epochs x mini_batches optimizer steps: clip the gradient norm, AdamW, LR
+    7. sync     the engine samples from the new weights
+    8. log, evaluate, checkpoint
 
-Deviations from textbook GRPO, all in config: loss aggregation (algo.loss_agg), asymmetric
-clip (algo.clip_high), KL off by default (algo.kl_coef=0, as Dr. GRPO and DAPO found it
-unneeded), an optional SFT warm-up before RL (trainer.sft.steps), and with one update per
-batch old_logprobs = logprobs.detach() (ratio 1; the gradient is REINFORCE's).
+The recipe is config: conf/algo/*.yaml names one (grpo, dr_grpo, dapo, gspo, cispo, rloo,
+reinforce, reinforce_pp), each a choice on three independent axes (advantage, policy loss,
+aggregation) plus shaping. An optional SFT warm-up runs before RL (trainer.sft.steps). With
+one optimizer step per batch old_logprobs = logprobs.detach() (ratio 1: the gradient is
+REINFORCE's, clipping never binds).
 
 Scale changes nothing here: LoRA (model.lora.r > 0) and FSDP2 under torchrun live behind the
 policy handle (rl/policy.py). Under torchrun every rank samples whole groups for its share of
@@ -39,16 +43,16 @@ from omegaconf import DictConfig
 
 from rl import checkpoint
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
-from rl.advantages import ADVANTAGES, zero_variance_share
+from rl import algo as algo_
+from rl.advantages import zero_variance_share
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
-from rl.losses import Normalizer, policy_loss
+from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import memory_metrics
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast
 from rl.sft import warm_up
 from envs.datasets import TaskStream
-from rewards.combine import RewardResult
 
 log = logging.getLogger("rl.train")
 
@@ -61,11 +65,12 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is not None and not cfg.trainer.resume:
         raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
                               "or give a new trainer.output_dir (or delete the folder) to start over")
+    algo_.check(cfg.algo, cfg.trainer.batch_size, world_size())
     if resume_from is not None:
         checkpoint.check_resumable(resume_from, world_size())
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
     policy, algo, G, dist = s.policy, cfg.algo, cfg.algo.group_size, s.policy.dist
-    opt, sched = make_optimizer(cfg.trainer, policy)
+    opt, sched = make_optimizer(cfg.trainer, policy, algo.ppo_epochs * algo.mini_batches)
     data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
     run_eval = lambda: held_out_eval(cfg, s, eval_tasks)  # noqa: E731
@@ -92,6 +97,7 @@ def train(cfg: DictConfig) -> dict:
                     summary["after_warmup"] = run_eval()
                 s.logger.log(0, {**summary["sft"], **summary["after_warmup"]})
         save(cfg, s, 0, opt, sched, data, summary)  # a crash during RL never redoes the warm-up
+    weights = {name: w for name, _, w in s.reward_fn.functions}
     if algo.kl_coef > 0:  # KL to where RL started (after the warm-up): checkpoint-0, also after a resume
         policy.set_reference(checkpoint.trainable_values(out / "checkpoint-0", policy))
 
@@ -99,20 +105,18 @@ def train(cfg: DictConfig) -> dict:
     rl_started = time.perf_counter()
     for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console and dist.main):
         t0 = time.perf_counter()
-        tasks = dist.share(data.next_batch())  # this rank's B / world of the batch's B tasks
-        rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # B*G (this rank's), groups contiguous
+        rollouts, scored, sampled = algo_.collect(  # B*G (this rank's B / world prompts), groups contiguous
+            lambda tasks: sample_and_score(s, tasks, G), lambda: dist.share(data.next_batch()), algo, dist)
         t_gen = time.perf_counter()
-        scored = s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
-        rewards = torch.tensor(scored.total)  # [B*G]
-        advantages = ADVANTAGES[algo.advantage](rewards, G)  # [B*G], per group
-        stats = update_policy(cfg, policy, opt, sched, rollouts, advantages, s)
+        rewards = algo_.shaped_rewards(scored, rollouts, algo, weights)  # [B*G]
+        stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s)
         t_update = time.perf_counter()
         s.engine.load_weights(policy)
         t_end = time.perf_counter()
 
         times = {"time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen, "time/sync_s": t_end - t_update,
                  "time/step_s": t_end - t0}
-        metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, "lr": sched.get_last_lr()[0],
+        metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, **sampled, "lr": sched.get_last_lr()[0],
                    "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0)}  # engines that check their sync
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
             metrics.update(run_eval())
@@ -128,7 +132,7 @@ def train(cfg: DictConfig) -> dict:
     summary["wall_s"] = time.perf_counter() - started
     summary["peak_rss_gb"] = max(summary.get("peak_rss_gb", 0.0), memory_metrics(dist)["mem/peak_rss_gb"])
     if dist.main:
-        report(s, summary, out)
+        report(s, summary, out, cfg.reward.exact_match)
     s.logger.close()
     if hasattr(s.engine, "close"):
         s.engine.close()
@@ -148,57 +152,99 @@ def held_out_eval(cfg, s, eval_tasks) -> dict:
     return metrics
 
 
-def update_policy(cfg, policy, opt, sched, rollouts, advantages, s) -> dict:
-    """algo.updates_per_batch optimizer steps on one batch of rollouts, micro-batched under
-    trainer.token_budget; every micro-batch's loss is normalised by batch-wide counts (summed
-    over ranks), so accumulation and the ranks' summed gradients give exactly the full-batch
-    gradient."""
-    algo, trainer = cfg.algo, cfg.trainer
+def sample_and_score(s, tasks: list[dict], G: int):
+    rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # len(tasks) * G, groups contiguous
+    return rollouts, s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
+
+
+def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
+    """algo.ppo_epochs passes of algo.mini_batches optimizer steps on one batch of rollouts,
+    each mini-batch micro-batched under trainer.token_budget and normalised by its counts
+    summed over micro-batches and ranks, so accumulation and the ranks' summed gradients
+    give exactly the full-mini-batch gradient."""
+    algo, trainer, dist = cfg.algo, cfg.trainer, policy.dist
+    G = algo.group_size
     # a group's prompt runs once for its G completions (exact; needs the KV cache, so not
     # with gradient checkpointing)
-    share = algo.group_size if trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
-    chunks = token_budget_chunks(rollouts, trainer.token_budget, share)
-    batches = [collate([rollouts[i] for i in idx], advantages[idx], s.tokenizer.pad_token_id, s.device) for idx in chunks]
-    norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
-    batches = even_out(batches, policy.dist)  # as many micro-batches on every rank (FSDP's collectives)
+    share = G if trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
     temperature = algo.sampling.temperature
-    logprobs_of = lambda b: policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1],  # noqa: E731
-                                            temperature, trainer.logprob_chunk, share)
+    entropy_grad = algo.entropy_coef > 0
+    logprobs_of = lambda b, grad_entropy=False: policy.logprobs(  # noqa: E731
+        b.input_ids, b.attention_mask, b.loss_mask.shape[1], temperature, trainer.logprob_chunk, share, grad_entropy)
+
+    minis, indices = [], []  # [mini-batch][micro-batch] Batch, and each micro-batch's rollout indices
+    for k in range(algo.mini_batches):  # whole groups, strided: the same mini-batches whatever the world size
+        ids = [g * G + j for g in range(k, len(rollouts) // G, algo.mini_batches) for j in range(G)]
+        chunks = [[ids[i] for i in c] for c in token_budget_chunks([rollouts[i] for i in ids], trainer.token_budget, share)]
+        batches = [collate([rollouts[i] for i in c], torch.zeros(len(c)), s.tokenizer.pad_token_id, s.device) for c in chunks]
+        if algo.overlong_filter:  # DAPO: a truncated completion is not trained on
+            for b, c in zip(batches, chunks):
+                b.loss_mask *= torch.tensor([r.finish_reason != "length" for r in (rollouts[i] for i in c)],
+                                            dtype=b.loss_mask.dtype, device=b.loss_mask.device)[:, None]
+        minis.append(batches)
+        indices.append(chunks)
+    everything = [b for batches in minis for b in batches]
+
     policy.eval()  # the reference and pi_old as they sample: no dropout
     with torch.no_grad(), autocast(s.device, trainer.bf16):
         if policy.has_reference and algo.kl_coef > 0:
             with policy.reference():
-                for b in batches:
+                for b in even_out(everything, dist):
                     b.ref_logprobs = logprobs_of(b)[0]  # [b, C]
-        if algo.updates_per_batch > 1:
-            for b in batches:
+        if algo.ppo_epochs * algo.mini_batches > 1 or algo.kl_in_reward:  # pi_old: before the first optimizer step
+            for b in even_out(everything, dist):
                 b.old_logprobs = logprobs_of(b)[0]  # [b, C]
+
+    extra = {}
+    if algo.kl_in_reward:  # reward -= beta * KL(sequence), with pi_old = the policy that sampled
+        kl = torch.zeros(len(rollouts))
+        for batches, chunks in zip(minis, indices):
+            for b, c in zip(batches, chunks):
+                kl[c] = sequence_kl(b.old_logprobs, b.ref_logprobs, b.loss_mask, algo.kl_estimator).float().cpu()
+        rewards = rewards - algo.kl_coef * kl
+        extra["kl_reward_penalty"] = float(dist.sum({"k": float(kl.sum())})["k"]) / max(
+            dist.sum({"n": float(len(kl))})["n"], 1.0) * algo.kl_coef
+    advantages = algo_.advantages(rewards, algo, dist)  # [n], from the whole batch's rewards
+    for batches, chunks in zip(minis, indices):
+        for b, c in zip(batches, chunks):
+            b.advantages = advantages[c].to(s.device)
 
     policy.train()
     totals: dict[str, float] = {}
-    for _ in range(algo.updates_per_batch):
-        for b in batches:
-            with autocast(s.device, trainer.bf16):
-                logprobs, entropy = logprobs_of(b)  # [b, C], [b, C]
-            old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
-            loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm)
-            loss.backward()
-            stats["entropy"] = (entropy * b.loss_mask).sum() / norm.tokens
-            stats["logprob_diff_vs_rollout"] = ((old - b.rollout_logprobs).abs() * b.loss_mask).sum() / norm.tokens
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / algo.updates_per_batch  # sums over micro-batches
-        grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    return {**policy.dist.sum({**totals, "micro_batches": len(chunks)}), "grad_norm": grad_norm}
+    steps = algo.ppo_epochs * algo.mini_batches
+    mismatch_max = 0.0
+    for _ in range(algo.ppo_epochs):
+        for batches in minis:
+            norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
+            for b in even_out(batches, dist):  # as many micro-batches on every rank (FSDP's collectives)
+                with autocast(s.device, trainer.bf16):
+                    logprobs, entropy = logprobs_of(b, entropy_grad)  # [b, C], [b, C]
+                old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
+                loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm,
+                                          entropy, b.rollout_logprobs)
+                loss.backward()
+                gap = (old - b.rollout_logprobs) * b.loss_mask  # [b, C] trainer vs engine
+                stats["entropy"] = (entropy.detach() * b.loss_mask).sum() / norm.tokens
+                stats["mismatch/logprob_diff"] = gap.abs().sum() / norm.tokens
+                if b.loss_mask.any():
+                    mismatch_max = max(mismatch_max, float(torch.exp(gap.masked_fill(b.loss_mask == 0, -1e9)).max()))
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / steps  # sums over micro-batches, mean over steps
+            grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    return {**dist.sum({**totals, "micro_batches": len(everything)}), **extra,
+            "mismatch/max_ratio": dist.max({"r": mismatch_max})["r"], "grad_norm": grad_norm}
 
 
-def make_optimizer(cfg, policy):
+def make_optimizer(cfg, policy, per_step: int = 1):
+    """AdamW and the LR schedule, in RL steps (per_step optimizer steps each)."""
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     total = max(cfg.steps, 1)
 
-    def factor(step: int) -> float:
+    def factor(i: int) -> float:
+        step = i / per_step
         if step < cfg.lr_warmup_steps:
             return (step + 1) / cfg.lr_warmup_steps
         progress_ = (step - cfg.lr_warmup_steps) / max(total - cfg.lr_warmup_steps, 1)
@@ -219,17 +265,9 @@ def batch_metrics(dist, scored, rollouts, group_size: int, times: dict) -> dict:
     slowest rank's times, and peak memory."""
     everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts])])
     times = dist.max(times)
-    return {**reward_metrics(concat([sc for sc, _ in everyone]), group_size),
+    return {**reward_metrics(algo_.concat([sc for sc, _ in everyone]), group_size),
             **rollout_metrics([shape for _, shapes in everyone for shape in shapes], times["time/step_s"]),
             **times, **memory_metrics(dist)}
-
-
-def concat(results: list) -> RewardResult:
-    """The reward results of every rank as one batch (rank order)."""
-    first = results[0]
-    return RewardResult([v for r in results for v in r.total],
-                        {name: [v for r in results for v in r.per_function[name]] for name in first.per_function},
-                        {name: [v for r in results for v in r.reasons[name]] for name in first.reasons})
 
 
 def reward_metrics(scored, group_size: int) -> dict:
@@ -263,12 +301,17 @@ def save(cfg, s, step, opt, sched, data, summary) -> None:
     checkpoint.save(Path(cfg.trainer.output_dir), step, s.policy, s.tokenizer, opt, state, cfg.trainer.keep_last)
 
 
-def report(s, summary: dict, out: Path) -> None:
-    """summary.json and a table: the held-out metrics at each stage (base, warm-up, RL)."""
+def report(s, summary: dict, out: Path, exact_match: str) -> None:
+    """summary.json and two tables: the held-out metrics, and exact match per category, at each
+    stage (base, warm-up, RL)."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     stages = {k: summary[k] for k in ("base", "after_warmup", "after_rl") if k in summary}
     overall = {stage: {key.removeprefix("eval/"): v for key, v in r.items() if key.count("/") == 1} for stage, r in stages.items()}
     s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s)", overall)
+    name = f"/{exact_match}"
+    per_category = {stage: {key.split("/")[1]: v for key, v in r.items() if key.count("/") == 2 and key.endswith(name)
+                            and not key.startswith("eval/reason/")} for stage, r in stages.items()}
+    s.logger.table(f"held-out exact match ({exact_match}) per category", per_category)
 
 
 def progress(steps: range, enabled: bool):

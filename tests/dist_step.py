@@ -5,7 +5,7 @@
 
 Every rank builds the same batch (B prompts x G completions, ragged lengths, fixed rewards),
 takes its share of whole groups, saves a checkpoint as train does before its first step, and
-runs rl.train.update_policy; rank 0 saves the trained parameters (whole), the step's stats
+runs rl.train.update_policy (advantages from every rank's rewards); rank 0 saves the trained parameters (whole), the step's stats
 and every rank's micro-batch count. tests/test_distributed.py compares the two."""
 
 import sys
@@ -16,7 +16,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rl import checkpoint  # noqa: E402
-from rl.advantages import ADVANTAGES  # noqa: E402
 from rl.batching import token_budget_chunks  # noqa: E402
 from rl.setup import Setup  # noqa: E402
 from rl.train import make_optimizer, update_policy  # noqa: E402
@@ -42,15 +41,14 @@ def fixed_rollouts(vocab: int) -> tuple[list[Rollout], torch.Tensor]:
 
 def main() -> None:
     out, overrides = sys.argv[1], sys.argv[2:]
-    cfg = tiny_cfg(Path(out).parent / "run", *overrides)
+    cfg = tiny_cfg(Path(out).parent / "run", f"algo.group_size={G}", *overrides)
     s = Setup.build(cfg)
     policy = s.policy
     rollouts, rewards = fixed_rollouts(min(len(s.tokenizer), 5000))
     mine = policy.dist.share(list(range(B)))  # this rank's prompts, whole groups
     idx = [k * G + j for k in mine for j in range(G)]
     rollouts = [rollouts[i] for i in idx]
-    advantages = ADVANTAGES[cfg.algo.advantage](rewards[idx], G)
-    opt, sched = make_optimizer(cfg.trainer, policy)
+    opt, sched = make_optimizer(cfg.trainer, policy, cfg.algo.ppo_epochs * cfg.algo.mini_batches)
     checkpoint.save(Path(out).parent / f"ckpt-{policy.dist.world}", 0, policy, s.tokenizer, opt, {}, 1)  # as train does
     share = G if cfg.trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
     micro_batches = policy.dist.gather([len(token_budget_chunks(rollouts, cfg.trainer.token_budget, share))])
@@ -59,7 +57,7 @@ def main() -> None:
     with torch.no_grad():  # move off the init (LoRA's B = 0 would give A no gradient) and away from the
         for _, p in policy.named_trainable():  # reference; elementwise, so the same whether sharded or not
             p.add_(0.01)
-    stats = update_policy(cfg, policy, opt, sched, rollouts, advantages, s)
+    stats = update_policy(cfg, policy, opt, sched, rollouts, rewards[idx], s)  # advantages from the gathered batch
     state = policy.trainable_full()
     if policy.dist.main:
         torch.save({"params": state, "stats": stats, "world": policy.dist.world, "micro_batches": micro_batches}, out)

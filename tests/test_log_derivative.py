@@ -2,6 +2,7 @@
 analytic gradient of the expected reward, and on-policy GRPO (ratio 1) has REINFORCE's gradient."""
 
 import torch
+from types import SimpleNamespace
 
 from rl.advantages import ADVANTAGES
 from rl.losses import Normalizer, policy_loss
@@ -36,7 +37,7 @@ def test_group_baseline_keeps_the_estimate_unbiased():
     theta = torch.tensor([0.3, -0.2, 0.0, 0.5, 0.1], requires_grad=True)
     G, groups = 8, 40_000
     actions = torch.multinomial(torch.softmax(theta.detach(), 0), G * groups, replacement=True)
-    adv = ADVANTAGES["rloo"](REWARD[actions], G)  # leave-one-out keeps it unbiased
+    adv = ADVANTAGES["rloo"](REWARD[actions], SimpleNamespace(group_size=G))  # leave-one-out keeps it unbiased
     (-(adv * torch.log_softmax(theta, 0)[actions]).mean()).backward()
     assert torch.allclose(-theta.grad, analytic_gradient(theta.detach()), atol=6e-3)
 
@@ -46,7 +47,7 @@ def test_on_policy_grpo_gradient_equals_reinforce():
     logits = torch.randn(6, 5, 11, requires_grad=True)  # [b, T, V]
     tokens = torch.randint(0, 11, (6, 5))
     mask = (torch.rand(6, 5) > 0.2).float()
-    adv = ADVANTAGES["grpo"](torch.randn(6), 3)
+    adv = ADVANTAGES["grpo"](torch.randn(6), SimpleNamespace(group_size=3))
     grads = {}
     for name in ("ppo_clip", "reinforce"):
         logits.grad = None

@@ -11,7 +11,9 @@ from rl.losses import AGGREGATIONS, KL_ESTIMATORS, Normalizer, policy_loss, ppo_
 
 
 def algo(**kw):
-    base = dict(policy_loss="ppo_clip", loss_agg="token-mean", clip_low=0.2, clip_high=0.2, kl_coef=0.0, kl_estimator="k3")
+    base = dict(policy_loss="ppo_clip", loss_agg="token-mean", clip_low=0.2, clip_high=0.2, clip_ratio_c=3.0, kl_coef=0.0,
+                kl_estimator="k3", kl_in_reward=False, entropy_coef=0.0, tis_cap=0.0, loss_norm_len=None,
+                sampling=SimpleNamespace(max_new_tokens=8))
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -23,18 +25,18 @@ def test_ppo_clip_by_hand():
     old = torch.zeros(1, 3)
     for adv, want, clipped in [(1.0, [-1.2, -math.exp(-0.5), -1.2], [1, 0, 1]),
                                (-1.0, [math.exp(0.5), 0.8, math.exp(0.5)], [0, 1, 0])]:
-        loss, extra = ppo_clip_loss(lp, old, torch.tensor([adv]), 0.2, 0.2)
+        loss, clip = ppo_clip_loss(lp, old, torch.tensor([adv]), None, algo())
         assert torch.allclose(loss, torch.tensor([want]), atol=1e-5)
-        assert extra["clipped"].tolist() == [clipped]
+        assert clip.tolist() == [clipped]
 
 
 def test_clip_higher_is_asymmetric():
-    loss, _ = ppo_clip_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.tensor([1.0]), 0.2, 0.28)
+    loss, _ = ppo_clip_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.tensor([1.0]), None, algo(clip_high=0.28))
     assert loss.item() == pytest.approx(-1.28)
 
 
 def test_reinforce_loss_by_hand():
-    loss, _ = reinforce_loss(torch.tensor([[-1.0, -2.0]]), None, torch.tensor([0.5]), 0.2, 0.2)
+    loss, _ = reinforce_loss(torch.tensor([[-1.0, -2.0]]), None, torch.tensor([0.5]), None, algo())
     assert loss.tolist() == [[0.5, 1.0]]
 
 
@@ -50,9 +52,12 @@ def test_aggregations_by_hand():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     norm = Normalizer([mask])
-    assert AGGREGATIONS["token-mean"](values, mask, norm).item() == pytest.approx(10 / 4)
-    assert AGGREGATIONS["seq-mean-token-mean"](values, mask, norm).item() == pytest.approx((2 + 4) / 2)
-    assert AGGREGATIONS["seq-mean-token-sum"](values, mask, norm).item() == pytest.approx((6 + 4) / 2)
+    assert AGGREGATIONS["token-mean"](values, mask, norm, algo()).item() == pytest.approx(10 / 4)
+    assert AGGREGATIONS["seq-mean-token-mean"](values, mask, norm, algo()).item() == pytest.approx((2 + 4) / 2)
+    assert AGGREGATIONS["seq-mean-token-sum"](values, mask, norm, algo()).item() == pytest.approx((6 + 4) / 2)
+    # Dr. GRPO: the constant is max_new_tokens (8 here) or algo.loss_norm_len
+    assert AGGREGATIONS["seq-mean-token-sum-norm"](values, mask, norm, algo()).item() == pytest.approx(10 / (2 * 8))
+    assert AGGREGATIONS["seq-mean-token-sum-norm"](values, mask, norm, algo(loss_norm_len=5)).item() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("agg", sorted(AGGREGATIONS))

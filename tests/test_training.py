@@ -3,12 +3,14 @@ prompt update equals the plain one; a resumed run takes the same next step as an
 uninterrupted one; nothing is overwritten by accident."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from rl.batching import collate
 from rl.logprobs import token_logprobs
+from rl.setup import CONF_DIR
 from rl.train import train
 from rl.types import Rollout
 
@@ -91,7 +93,7 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(tiny, tmp_path):
 
 
 def test_kl_and_several_updates_per_batch_run(tiny, tmp_path):
-    train(tiny(*DENSE, "algo.kl_coef=0.1", "algo.updates_per_batch=2", "trainer.lr=1e-3", "algo.sampling.temperature=1.5"))
+    train(tiny(*DENSE, "algo.kl_coef=0.1", "algo.ppo_epochs=2", "trainer.lr=1e-3", "algo.sampling.temperature=1.5"))
     steps = [r for r in metrics(tmp_path) if "loss" in r]
     assert all("kl" in r and r["kl"] >= 0 for r in steps)
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference
@@ -103,3 +105,24 @@ def test_gradient_checkpointing_and_plain_prompt_path_train(tiny, tmp_path):
     steps = [r for r in metrics(tmp_path) if "loss" in r]
     assert all(r["micro_batches"] >= 2 for r in steps)  # the small budget split the batch
     assert any(r["grad_norm"] > 0 for r in steps)
+
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_trains_the_tiny_model(tiny, tmp_path, recipe):
+    """Each conf/algo recipe runs end to end: finite loss, a gradient, parameters that move."""
+    from safetensors.torch import load_file
+
+    extra = ["algo.overlong_buffer=4"] if recipe == "dapo" else []  # smoke samples 8 tokens
+    train(tiny(*DENSE, f"algo={recipe}", *extra, "trainer.lr=1e-3", "algo.sampling.temperature=1.5",
+               "algo.sampling.max_new_tokens=8", "trainer.keep_last=3"))
+    steps = [r for r in metrics(tmp_path) if "loss" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)
+    assert any(r["grad_norm"] > 0 for r in steps)
+    assert all("mismatch/max_ratio" in r for r in steps)
+    before, after = ({k: v for f in sorted((tmp_path / f"checkpoint-{i}").glob("*.safetensors")) for k, v in load_file(f).items()}
+                     for i in (0, 2))
+    assert before
+    assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
