@@ -22,6 +22,14 @@ def check_row(row: object) -> dict:
     """The row, normalised; raises ValueError saying which key is wrong and how."""
     if not isinstance(row, dict):
         raise ValueError(f"row is a {type(row).__name__}, expected an object with messages, tools, ground_truth")
+    for key, value in row.items():  # every key: extra ones (id, category, ...) travel with the task too
+        try:  # a lone surrogate ("\\ud800") is valid JSON but crashes tokenisation and logging later
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"key {key!r:.40} holds a lone surrogate or other text that is not valid Unicode; fix "
+                             "or drop the row") from None
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"key {key!r:.40} is not plain JSON data ({type(e).__name__}: {str(e)[:80]})") from None
     missing = [k for k in ("messages", "tools", "ground_truth") if k not in row]
     if missing:
         raise ValueError(f"missing key(s) {missing}; a row needs messages, tools, ground_truth")
@@ -38,7 +46,10 @@ def check_row(row: object) -> dict:
     unknown = sorted({c["name"] for c in truth} - {t["name"] for t in tools})
     if unknown:
         raise ValueError(f"ground_truth calls {unknown}, which are not among the row's tools")
-    return {**row, "tools": tools, "ground_truth": truth, "category": row.get("category", "default")}
+    category = row.get("category", "default")
+    if not isinstance(category, str) or not category:  # metrics group and sort by it
+        raise ValueError(f"key 'category' must be a non-empty string, not {category!r:.40}")
+    return {**row, "tools": tools, "ground_truth": truth, "category": category}
 
 
 class Filtered(ValueError):
@@ -58,28 +69,48 @@ def tool_n1_filter(task: dict) -> None:
             error = first_error(specs[call["name"]], call["arguments"])
         except SchemaError as e:
             raise Filtered(f"filtered: the schema of {call['name']} is invalid ({e.message})") from None
+        except Exception as e:  # noqa: BLE001  e.g. an unresolvable $ref: this row's problem, not the load's
+            raise Filtered(f"filtered: the schema of {call['name']} cannot be used ({type(e).__name__}: {e})") from None
         if error is not None:
             where = ".".join(map(str, error.path)) or "arguments"
             raise Filtered(f"filtered: gold call {call['name']} does not validate: {where}: {error.message}")
 
 
+class NotJSON(str):
+    """read_jsonl's stand-in for a line that does not parse: clean reports it as a bad row."""
+
+
+class Lines(list):
+    """Rows read from a file, with where each came from (`path:line`) for error messages."""
+
+    def __init__(self, rows: list, where: list[str]):
+        super().__init__(rows)
+        self.where = where
+
+
 def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False) -> list[dict]:
     """Converts rows from `fmt`, checks them, and (filter_) drops gold calls that do not
-    validate; bad rows are counted and the first reasons logged, or fail (strict)."""
+    validate; bad rows are counted and the first reasons logged, or fail (strict). A row
+    that makes a converter or a check raise anything is a bad row named by file and line
+    (Lines from read_jsonl) or by its index, never an aborted load."""
     from envs.formats import convert
 
+    where = getattr(rows, "where", None) or [f"{source} row {i}" for i in range(len(rows))]
     good, bad, filtered = [], [], 0
     for i, row in enumerate(rows):
         try:
+            if isinstance(row, NotJSON):
+                raise ValueError(row)
             tasks = [check_row(t) for t in convert(row, fmt)]
             if filter_:
                 for t in tasks:
                     tool_n1_filter(t)
             good += [{"id": f"{source}:{i}" + (f":{k}" if len(tasks) > 1 else ""), **t} for k, t in enumerate(tasks)]
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001  any odd row: counted and named, never a crash far from it
+            reason = str(e) if isinstance(e, ValueError) else f"{fmt} row could not be read ({type(e).__name__}: {e})"
             if strict:
-                raise ValueError(f"{source} row {i}: {e} (data.strict=true; set it false to skip bad rows)") from None
-            bad.append(f"row {i}: {e}")
+                raise ValueError(f"{where[i]}: {reason} (data.strict=true; set it false to skip bad rows)") from None
+            bad.append(f"{where[i]}: {reason}")
             filtered += isinstance(e, Filtered)
     if bad:
         log.warning("%s: skipped %d of %d rows (%d by the Tool-N1 filter); first: %s", source, len(bad), len(rows),
@@ -89,18 +120,31 @@ def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: boo
     return good
 
 
-def read_jsonl(path: str) -> list:
+def read_jsonl(path: str) -> Lines:
+    """One row per line, split on newlines only: a row may contain U+2028 and other
+    characters that str.splitlines() would cut at. Lines that are not JSON become bad rows
+    (a string naming the line), so clean counts them or fails on them."""
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"data.path={path}: no such file")
-    rows = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {data[e.start]:#x} at offset {e.start}); JSONL must be "
+                         "UTF-8: re-encode the file, e.g. iconv -f latin1 -t utf-8") from None
+    rows, where = [], []
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                rows.append(f"{path}:{n}: not JSON ({e.msg})")  # check_row reports it as a bad row
-    return rows
+                rows.append(NotJSON(f"not JSON ({e.msg} at column {e.colno})"))
+            except (ValueError, RecursionError) as e:  # an int of over 4300 digits; nesting deeper than the stack
+                rows.append(NotJSON(f"not readable JSON ({type(e).__name__}: {str(e)[:80]})"))
+            where.append(f"{path}:{n}")
+    return Lines(rows, where)
 
 
 def read_hub(dataset_id: str, split: str) -> list:

@@ -9,8 +9,12 @@ Every function has TRL's signature fn(completions, **columns) -> list[float].
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import math
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
@@ -39,7 +43,24 @@ def resolve(spec: dict) -> tuple[str, RewardFn]:
     """(display name, function) for one reward entry of the config; `kwargs` are bound."""
     name, fn = _find(spec)
     kwargs = dict(spec.get("kwargs") or {})
+    check_kwargs(name, fn, kwargs)
     return name, functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def check_kwargs(name: str, fn: RewardFn, kwargs: dict) -> None:
+    """Configured kwargs must be parameters that `fn` names: `**kwargs` takes the dataset
+    columns, so a typo there would be silently ignored. Raises ValueError at start-up."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to check (some builtins and C functions)
+        return
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = [n for n in named[1:] if n != "completions"] if named and named[0] == "completions" else named
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"reward {name}: unknown kwarg {key!r}; accepted keys are {accepted}{hint}")
 
 
 def plugins() -> dict:
@@ -70,29 +91,95 @@ class RewardResult:
     reasons: dict[str, list[str | None]]  # name -> [N]; a reason wherever the value is not the maximum
 
 
+class RewardError(RuntimeError, ValueError):
+    """A reward function raised (the original exception is the __cause__) or returned
+    something that is not one finite number per completion; the message names the reward."""
+
+
+def _number(value) -> float | None:
+    """value as a finite float, or None when it is not a finite number (text is not a number)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ArithmeticError):  # ArithmeticError: an int or Fraction too big for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _items(raw) -> list | None:
+    """The values of a sequence (list, tuple, array, tensor); None for text, a mapping, a set,
+    a scalar, or a 0-d array or tensor."""
+    if isinstance(raw, (str, bytes, Mapping, AbstractSet)) or not hasattr(raw, "__len__"):
+        return None
+    try:
+        return list(raw)
+    except TypeError:  # numpy's and torch's 0-d values have a __len__ that raises
+        return None
+
+
+def checked_values(name: str, raw, n: int) -> list[float]:
+    """A reward's output as n finite floats; else a RewardError naming the reward and the first bad values."""
+    items = _items(raw)
+    if items is None:
+        raise RewardError(f"reward {name} returned {type(raw).__name__}, not a list of {n} numbers")
+    if len(items) != n:
+        raise RewardError(f"reward {name} returned {len(items)} values for {n} completions")
+    values = [_number(v) for v in items]
+    bad = [i for i, v in enumerate(values) if v is None]
+    if bad:
+        raise RewardError(f"reward {name} returned values that are not finite numbers for completions {bad[:5]}: "
+                          f"{[items[i] for i in bad[:5]]!r:.300}; a reward must return a finite number for each completion")
+    return values
+
+
+def checked_reasons(name: str, raw, values: list[float]) -> list[str | None]:
+    """The reasons a reward gave (Scores), or "zero" for each 0 where it gave none (plain TRL functions)."""
+    given = getattr(raw, "reasons", None)
+    if given is None:
+        return ["zero" if v == 0 else None for v in values]
+    if not isinstance(given, (list, tuple)) or len(given) != len(values):
+        raise RewardError(f"reward {name} returned {len(values)} values but reasons {given!r:.200}")
+    return list(given)
+
+
 class WeightedReward:
     """sum_i w_i * f_i(completions, **columns). A function that raises is a bug in that
-    function and propagates; a bad completion is the function's business (a 0 and a reason)."""
+    function and propagates as a RewardError naming it; so does a value that is not a finite
+    number. A bad completion is the function's business (a 0 and a reason)."""
 
     def __init__(self, functions: list[dict]):
         if not functions:
             raise ValueError("reward.functions is empty: name at least one reward, e.g. {name: tool_n1, weight: 1.0}")
-        self.functions = [(*resolve(dict(spec)), float(spec.get("weight", 1.0))) for spec in functions]
+        self.functions = []
+        for spec in functions:
+            name, fn = resolve(dict(spec))
+            self.functions.append((name, fn, _weight(name, spec.get("weight", 1.0))))
 
     def __call__(self, completions: list[str], **columns) -> RewardResult:
         total = [0.0] * len(completions)
         per_function, reasons = {}, {}
         for name, fn, weight in self.functions:
-            raw = fn(completions, **columns)
-            if len(raw) != len(completions):
-                raise ValueError(f"reward {name} returned {len(raw)} values for {len(completions)} completions")
-            values = [float("nan") if v is None else float(v) for v in raw]
-            bad = [i for i, v in enumerate(values) if math.isnan(v)]
-            if bad:
-                raise ValueError(f"reward {name} returned None/NaN for completions {bad[:5]}: a reward must return a number")
+            try:
+                raw = fn(completions, **columns)
+            except Exception as e:
+                raise RewardError(f"reward {name} raised {type(e).__name__}: {e}") from e
+            values = checked_values(name, raw, len(completions))
             per_function[name] = values
-            # functions without reasons (e.g. written for TRL) still get a reason for a 0
-            reasons[name] = getattr(raw, "reasons", None) or ["zero" if v == 0 else None for v in values]
+            reasons[name] = checked_reasons(name, raw, values)
             total = [t + weight * v for t, v in zip(total, values)]
+            if not all(map(math.isfinite, total)):
+                raise RewardError(f"reward {name} (weight {weight:g}) makes the total reward overflow to "
+                                  f"{total!r:.200}; scale its values or its weight down")
         return RewardResult(total, per_function, reasons)
+
+
+def _weight(name: str, value) -> float:
+    try:
+        weight = float(value)
+    except (TypeError, ValueError, ArithmeticError):
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise ValueError(f"reward {name}: weight {value!r} is not a finite number")
+    return weight
 

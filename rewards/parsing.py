@@ -4,11 +4,11 @@ cannot be read gives `calls=None` and a short reason that the metrics count."""
 from __future__ import annotations
 
 import json
-import re
+import string
 from dataclasses import dataclass
 
-THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
-TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,21 @@ def _fail(reason: str, think: str | None = None) -> Parsed:
     return Parsed(think=think, calls=None, reason=reason)
 
 
+MAX_DEPTH = 100  # deeper JSON is unreadable: no tool takes it, and json.dumps or a validator would recurse out
+
+
+def too_deep(value: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists/objects nest more than `limit` levels (without recursion, in linear time)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def normalize_call(item: object) -> dict | None:
     """{"name": str, "arguments": dict}; arguments given as a JSON string are decoded."""
     if not isinstance(item, dict) or set(item) - {"name", "arguments"} or not isinstance(item.get("name"), str):
@@ -32,7 +47,7 @@ def normalize_call(item: object) -> dict | None:
             args = json.loads(args)
         except (ValueError, RecursionError):
             return None
-    if not isinstance(args, dict):
+    if not isinstance(args, dict) or too_deep(args):
         return None
     return {"name": item["name"], "arguments": args}
 
@@ -43,6 +58,8 @@ def parse_calls_json(text: str) -> tuple[list[dict] | None, str | None]:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return None, "bad_json"
+    if too_deep(value):
+        return None, "arguments_too_deep"
     if not isinstance(value, list):
         return None, "not_a_list"
     calls = [normalize_call(item) for item in value]
@@ -51,13 +68,46 @@ def parse_calls_json(text: str) -> tuple[list[dict] | None, str | None]:
     return calls, None
 
 
-FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
-
-
 def strip_fence(text: str) -> str:
-    """```json [...] ``` -> [...]"""
-    m = FENCE.match(text.strip())
-    return m.group(1) if m else text
+    """```json [...] ``` -> [...] (a language tag of ASCII letters is dropped)."""
+    t = text.strip()
+    if len(t) < 6 or not (t.startswith("```") and t.endswith("```")):
+        return text
+    inner = t[3:-3]
+    tag = len(inner) - len(inner.lstrip(string.ascii_letters))
+    return inner[tag:].strip()
+
+
+# Every scanner below moves forward with str.find, so parsing is linear in the text length:
+# a lazy regex such as <tool_call>(.*?)</tool_call> rescans to the end from every unclosed opener.
+def split_think(text: str) -> tuple[str, str] | None:
+    """Leading `<think>...</think>` (after whitespace) -> (its content, the text after it with
+    leading whitespace removed), or None when the text does not start with a closed think."""
+    start = len(text) - len(text.lstrip())
+    if not text.startswith(THINK_OPEN, start):
+        return None
+    close = text.find(THINK_CLOSE, start + len(THINK_OPEN))
+    if close < 0:
+        return None
+    return text[start + len(THINK_OPEN):close], text[close + len(THINK_CLOSE):].lstrip()
+
+
+def tool_call_blocks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each `<tool_call>...</tool_call>`, the first closer after each opener,
+    non-overlapping, in order; the body is text[start + len(CALL_OPEN):end - len(CALL_CLOSE)]."""
+    blocks, pos = [], 0
+    while (opener := text.find(CALL_OPEN, pos)) >= 0:
+        closer = text.find(CALL_CLOSE, opener + len(CALL_OPEN))
+        if closer < 0:  # no closer after this opener, so none after any later one either
+            break
+        pos = closer + len(CALL_CLOSE)
+        blocks.append((opener, pos))
+    return blocks
+
+
+def _body(text: str, block: tuple[int, int], lenient: bool) -> str:
+    body = text[block[0] + len(CALL_OPEN):block[1] - len(CALL_CLOSE)]
+    return strip_fence(body) if lenient else body
 
 
 def parse_tool_n1(completion: str, lenient: bool = False) -> Parsed:
@@ -66,20 +116,20 @@ def parse_tool_n1(completion: str, lenient: bool = False) -> Parsed:
     lenient=True also takes a code fence around the JSON and text after the closing tag."""
     if not isinstance(completion, str):
         return _fail("not_text")
-    think = THINK.match(completion)
-    if think is None:
+    split = split_think(completion)
+    if split is None:
         return _fail("no_think")
-    rest = completion[think.end():]
-    blocks = TOOL_CALL.findall(rest)
+    think, rest = split
+    blocks = tool_call_blocks(rest)
     if not blocks:
-        return _fail("no_tool_call", think.group(1))
+        return _fail("no_tool_call", think)
     if len(blocks) > 1:
-        return _fail("many_tool_call_tags", think.group(1))
-    if not re.fullmatch(r"\s*<tool_call>.*?</tool_call>" + (".*" if lenient else r"\s*"), rest, re.DOTALL):
-        return _fail("text_outside_tags", think.group(1))
-    body = strip_fence(blocks[0]) if lenient else blocks[0]
-    calls, reason = parse_calls_json(body.strip())
-    return Parsed(think=think.group(1), calls=calls, reason=reason)
+        return _fail("many_tool_call_tags", think)
+    (start, end), = blocks
+    if rest[:start].strip() or (not lenient and rest[end:].strip()):
+        return _fail("text_outside_tags", think)
+    calls, reason = parse_calls_json(_body(rest, blocks[0], lenient).strip())
+    return Parsed(think=think, calls=calls, reason=reason)
 
 
 def parse_hermes(completion: str, lenient: bool = False) -> Parsed:
@@ -88,20 +138,23 @@ def parse_hermes(completion: str, lenient: bool = False) -> Parsed:
     model called nothing ([]), which is a valid answer in this format."""
     if not isinstance(completion, str):
         return _fail("not_text")
-    think = THINK.match(completion)
-    if completion.count("<tool_call>") != completion.count("</tool_call>"):
-        return _fail("unclosed_tool_call", think.group(1) if think else None)
+    split = split_think(completion)
+    think = split[0] if split else None
+    if completion.count(CALL_OPEN) != completion.count(CALL_CLOSE):
+        return _fail("unclosed_tool_call", think)
     calls = []
-    for block in TOOL_CALL.findall(completion):
-        body = strip_fence(block) if lenient else block
+    for block in tool_call_blocks(completion):
         try:
-            call = normalize_call(json.loads(body.strip()))
+            value = json.loads(_body(completion, block, lenient).strip())
         except (ValueError, RecursionError):
-            return _fail("bad_json", think.group(1) if think else None)
+            return _fail("bad_json", think)
+        if too_deep(value):
+            return _fail("arguments_too_deep", think)
+        call = normalize_call(value)
         if call is None:
-            return _fail("bad_call", think.group(1) if think else None)
+            return _fail("bad_call", think)
         calls.append(call)
-    return Parsed(think=think.group(1) if think else None, calls=calls, reason=None)
+    return Parsed(think=think, calls=calls, reason=None)
 
 
 def template_parser(tokenizer):

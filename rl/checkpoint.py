@@ -10,6 +10,8 @@
                           the optimizer and the RNG. Written last: it marks the folder complete.
       dcp/                distributed: trainable weights + optimizer state, sharded (torch.distributed.checkpoint)
       rng-rank<r>.pt      distributed: each rank's RNG
+      manifest.json       every file's size and sha256, written last: a folder whose files do not
+                          match it is incomplete, and resume falls back to the newest one that does
 
 A resumed run takes the same next step as one never stopped. A checkpoint is written to a
 temporary folder and renamed: a crash mid-save leaves the previous one intact. checkpoint-0
@@ -18,7 +20,9 @@ temporary folder and renamed: a crash mid-save leaves the previous one intact. c
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -37,6 +41,8 @@ from rl.parallel import local, reshard
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE = "trainer_state.pt"
 META = "checkpoint.json"  # step, world size: readable before anything loads
+MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict:
@@ -57,6 +63,10 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
     """Every rank calls this (the weights are gathered, the shards written by each); rank 0
     writes the HF folder or adapter and the trainer state, then renames."""
     d = policy.dist
+    bad = [n for n, p in policy.named_trainable() if not torch.isfinite(local(p)).all()]
+    if d.max({"bad": float(len(bad))})["bad"]:
+        raise RuntimeError(f"refusing to write checkpoint-{step}: the weights hold NaN/inf ({bad[:3] or 'on another rank'}); "
+                           f"resume from the last checkpoint in {output_dir} with trainer.resume=true and a lower trainer.lr")
     if d.main:
         output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(d.broadcast(tempfile.mkdtemp(dir=output_dir, prefix=".tmp-checkpoint-") if d.main else None))
@@ -75,6 +85,7 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
     if d.main:
         (tmp / META).write_text(json.dumps({"step": step, "world_size": d.world, "lora": policy.lora}))
         torch.save(state, tmp / STATE)
+        write_manifest(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -103,8 +114,49 @@ def all_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def latest(output_dir: Path) -> Path | None:
-    found = all_checkpoints(output_dir) if output_dir.exists() else []
-    return found[-1] if found else None
+    """The newest complete checkpoint: one whose files match its manifest. A damaged newer one
+    (a disk that lost a file, a truncated copy) is skipped with a warning naming the file."""
+    for folder in reversed(all_checkpoints(output_dir) if output_dir.exists() else []):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        log.warning("%s is incomplete (%s): resuming from the checkpoint before it", folder, problem)
+    return None
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    entries = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
+
+
+def verify(folder: Path) -> str | None:
+    """None if every file of the manifest is there with its size and hash, else what is wrong.
+    A folder from before manifests (none written) is taken as complete."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return f"{manifest} is unreadable ({e})"
+    for name, want in entries.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != want["size"]:
+            return f"{file} has {file.stat().st_size} bytes, the manifest says {want['size']}"
+        if _sha256(file) != want["sha256"]:
+            return f"{file} does not match its sha256 in the manifest"
+    return None
 
 
 def read_state(folder: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from envs.base import Env, make_env
 from envs.datasets import load_tasks
 from rewards.combine import WeightedReward
 from rewards.parsing import PARSERS, template_parser
+from rl import algo as algo_
 from rl import parallel
 from rl import policy as policy_
 from rl.engines import Engine, make_engine
@@ -45,6 +47,36 @@ def check_world(cfg, world: int) -> None:
         if value % world:
             raise ValueError(f"{key}={value} is not divisible by the {world} processes of this run: each rank samples "
                              f"whole groups for an equal share of the prompts; use a multiple of {world}")
+
+
+def check_config(cfg, world: int) -> None:
+    """Every value range, before a model loads or anything is written: a bad value fails here
+    naming its key, never as a ZeroDivisionError after checkpoint-0."""
+    t, smp = cfg.trainer, cfg.algo.sampling
+    rules = [
+        ("trainer.steps", t.steps, t.steps >= 0, ">= 0"),
+        ("trainer.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
+        ("trainer.max_grad_norm", t.max_grad_norm, t.max_grad_norm > 0, "> 0"),
+        ("trainer.token_budget", t.token_budget, t.token_budget >= 1, ">= 1"),
+        ("trainer.logprob_chunk", t.logprob_chunk, t.logprob_chunk >= 1, ">= 1"),
+        ("trainer.eval_k", t.eval_k, t.eval_k >= 1, ">= 1"),
+        ("trainer.eval_batch", t.eval_batch, t.eval_batch >= 1, ">= 1"),
+        ("trainer.eval_size", t.eval_size, t.eval_size is None or t.eval_size >= 1, ">= 1 or null (all)"),
+        ("trainer.eval_every", t.eval_every, t.eval_every >= 0, ">= 0"),
+        ("trainer.save_every", t.save_every, t.save_every >= 0, ">= 0"),
+        ("trainer.keep_last", t.keep_last, t.keep_last >= 0, ">= 0"),
+        ("trainer.lr_warmup_steps", t.lr_warmup_steps, t.lr_warmup_steps >= 0, ">= 0"),
+        ("trainer.sft.steps", t.sft.steps, t.sft.steps >= 0, ">= 0"),
+        ("trainer.sft.batch_size", t.sft.batch_size, t.sft.steps == 0 or t.sft.batch_size >= 1, ">= 1"),
+        ("algo.sampling.temperature", smp.temperature, smp.temperature >= 0, ">= 0 (0 = greedy)"),
+        ("algo.sampling.top_p", smp.top_p, 0 < smp.top_p <= 1, "in (0, 1]"),
+        ("algo.sampling.max_new_tokens", smp.max_new_tokens, smp.max_new_tokens >= 1, ">= 1"),
+    ]
+    for key, value, ok, want in rules:
+        if not ok:
+            raise ValueError(f"{key}={value}: use {want}")
+    algo_.check(cfg.algo, t.batch_size, world)
+    check_world(cfg, world)
 
 
 @dataclass

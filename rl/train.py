@@ -50,7 +50,7 @@ from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import memory_metrics
 from rl.parallel import world_size
-from rl.setup import CONF_DIR, Setup, autocast
+from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import warm_up
 from envs.datasets import TaskStream
 
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is not None and not cfg.trainer.resume:
         raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
                               "or give a new trainer.output_dir (or delete the folder) to start over")
-    algo_.check(cfg.algo, cfg.trainer.batch_size, world_size())
+    check_config(cfg, world_size())  # every value range, before anything is written
     if resume_from is not None:
         checkpoint.check_resumable(resume_from, world_size())
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
@@ -212,7 +212,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
     policy.train()
     totals: dict[str, float] = {}
     steps = algo.ppo_epochs * algo.mini_batches
-    mismatch_max = 0.0
+    mismatch_max, skipped = 0.0, 0
     for _ in range(algo.ppo_epochs):
         for batches in minis:
             norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
@@ -230,10 +230,15 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
                     mismatch_max = max(mismatch_max, float(torch.exp(gap.masked_fill(b.loss_mask == 0, -1e9)).max()))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / steps  # sums over micro-batches, mean over steps
-            grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)
-            opt.step()
-            sched.step()
+            grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
+            if math.isfinite(grad_norm):
+                opt.step()
+                sched.step()
+            else:  # a NaN/inf loss or gradient: no step, no poisoned weights; counted and reported
+                skipped += 1
+                log.warning("non-finite gradient norm (%s): optimizer step skipped", grad_norm)
             opt.zero_grad(set_to_none=True)
+    extra["skipped_steps"] = skipped
     return {**dist.sum({**totals, "micro_batches": len(everything)}), **extra,
             "mismatch/max_ratio": dist.max({"r": mismatch_max})["r"], "grad_norm": grad_norm}
 

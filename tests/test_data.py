@@ -39,10 +39,10 @@ def test_bad_rows_are_skipped_with_a_warning(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("row,message", [
-    ({"tools": [], "ground_truth": []}, r"row 1: missing key\(s\) \['messages'\]"),
-    ({**GOOD, "ground_truth": [{"name": "nope", "arguments": {}}]}, r"row 1: ground_truth calls \['nope'\]"),
-    ({**GOOD, "tools": "[1]"}, "row 1: key 'tools' must be a list"),
-    ({**GOOD, "ground_truth": "[{"}, "row 1: ground_truth .* fix the dataset row"),
+    ({"tools": [], "ground_truth": []}, r"jsonl:2: missing key\(s\) \['messages'\]"),
+    ({**GOOD, "ground_truth": [{"name": "nope", "arguments": {}}]}, r"jsonl:2: ground_truth calls \['nope'\]"),
+    ({**GOOD, "tools": "[1]"}, "jsonl:2: key 'tools' must be a list"),
+    ({**GOOD, "ground_truth": "[{"}, "jsonl:2: ground_truth .* fix the dataset row"),
 ])
 def test_strict_fails_naming_file_row_and_key(tmp_path, row, message):
     f = write(tmp_path, [GOOD, row, GOOD])

@@ -61,7 +61,7 @@ def test_ours_and_the_filter_switch():
 
 @pytest.mark.parametrize("fmt", ["toolace", "xlam", "hermes", "ours"])
 def test_strict_fails_naming_file_and_row(fmt):
-    with pytest.raises(ValueError, match=rf"{fmt} row \d+: .*data.strict=true"):
+    with pytest.raises(ValueError, match=rf"{fmt}.jsonl:\d+: .*data.strict=true"):
         load(fmt, strict=True)
 
 
