@@ -61,12 +61,13 @@ def tool_n1_filter(task: dict) -> None:
     (rows whose ground truth does not parse already failed check_row)."""
     from jsonschema.exceptions import SchemaError
 
-    from tools.sandbox import first_error
+    from tools.validation import first_error, pattern_budget, schema_validator
 
     specs = {t["name"]: t.get("parameters") or {"type": "object"} for t in task["tools"]}
     for call in task["ground_truth"]:
         try:
-            error = first_error(specs[call["name"]], call["arguments"])
+            with pattern_budget():
+                error = first_error(schema_validator(specs[call["name"]]), call["arguments"])
         except SchemaError as e:
             raise Filtered(f"filtered: the schema of {call['name']} is invalid ({e.message})") from None
         except Exception as e:  # noqa: BLE001  e.g. an unresolvable $ref: this row's problem, not the load's

@@ -2,126 +2,20 @@
 those tools' JSON schemas (required keys, types, enums, ranges)? jsonschema does the
 checking; the reason names the first failing call and what failed.
 
-Validation is time-bounded, since the model writes the arguments and the data set the schemas:
-regex keywords (`pattern`, `patternProperties`, `additionalProperties` next to them) run on the
-`regex` module with a timeout shared by all calls of one completion (PATTERN_BUDGET_S; past it a
-call is invalid with reason `pattern_timeout`), `uniqueItems` is linear instead of pairwise, at
-most MAX_ERRORS errors are collected per call, and `$ref` never leaves the schema (no download)."""
+Validation is time-bounded (tools/validation.py), since the model writes the arguments and the
+data set the schemas: regex checks share a budget per completion (past it a call is invalid with
+reason `pattern_timeout`), and `$ref` never leaves the schema (no download)."""
 
 from __future__ import annotations
 
-import contextvars
-import functools
-import itertools
 import json
-import time
-from contextlib import contextmanager
 
-import regex  # a dependency of transformers; unlike `re`, it takes a timeout
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
-from referencing import Registry
+from jsonschema.exceptions import SchemaError
 from referencing.exceptions import Unresolvable
 
 from rewards.base import Scores
 from rewards.parsing import parse
-
-PATTERN_BUDGET_S = 0.1  # regex time for all calls of one completion
-MAX_ERRORS = 64  # the reason is the shallowest of the first MAX_ERRORS errors
-
-
-class PatternTimeout(Exception):
-    """A regex check of the schema ran past the completion's budget."""
-
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("pattern_deadline", default=None)
-
-
-@contextmanager
-def pattern_budget(seconds: float = PATTERN_BUDGET_S):
-    """Regex checks inside this block share `seconds` of time."""
-    token = _deadline.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def _search(pattern: str, text: str) -> bool:
-    deadline = _deadline.get()
-    remaining = (time.monotonic() + PATTERN_BUDGET_S if deadline is None else deadline) - time.monotonic()
-    if remaining <= 0:
-        raise PatternTimeout(pattern)
-    try:
-        return regex.search(pattern, text, timeout=remaining) is not None
-    except TimeoutError:
-        raise PatternTimeout(pattern) from None
-    except regex.error as e:  # `re` compiled it (check_schema), `regex` does not
-        raise SchemaError(f"pattern {pattern!r}: {e}") from None
-
-
-# --- keywords replaced in jsonschema's Draft 2020-12 validator --------------------------------
-def _pattern(validator, pattern, instance, schema):
-    if validator.is_type(instance, "string") and not _search(pattern, instance):
-        yield ValidationError(f"{instance!r:.80} does not match {pattern!r}")
-
-
-def _pattern_properties(validator, patterns, instance, schema):
-    if validator.is_type(instance, "object"):
-        for pattern, subschema in patterns.items():
-            for key, value in instance.items():
-                if _search(pattern, key):
-                    yield from validator.descend(value, subschema, path=key, schema_path=pattern)
-
-
-def _additional_properties(validator, additional, instance, schema):
-    if not validator.is_type(instance, "object"):
-        return
-    known, patterns = schema.get("properties", {}), list(schema.get("patternProperties", {}))
-    extras = [k for k in instance if k not in known and not any(_search(p, k) for p in patterns)]
-    if validator.is_type(additional, "object"):
-        for extra in extras:
-            yield from validator.descend(instance[extra], additional, path=extra)
-    elif not additional and extras:
-        yield ValidationError(f"additional properties are not allowed ({', '.join(map(repr, sorted(extras)))[:200]})")
-
-
-def _json_key(value) -> tuple:
-    """Hashable, and equal exactly when JSON Schema calls two values equal: 1 == 1.0,
-    true != 1, objects compare without order."""
-    if isinstance(value, dict):
-        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return ("array", tuple(map(_json_key, value)))
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return (type(value).__name__, value)
-    return ("number", value) if isinstance(value, (int, float)) else ("other", repr(value))
-
-
-def _unique_items(validator, unique, instance, schema):
-    if unique and validator.is_type(instance, "array"):
-        keys = [_json_key(item) for item in instance]
-        if len(set(keys)) != len(keys):
-            yield ValidationError(f"{instance!r:.80} has non-unique elements")
-
-
-BoundedValidator = validators.extend(Draft202012Validator, {
-    "pattern": _pattern, "patternProperties": _pattern_properties,
-    "additionalProperties": _additional_properties, "uniqueItems": _unique_items,
-})
-
-
-@functools.lru_cache(maxsize=1024)
-def _validator(schema_json: str):
-    schema = json.loads(schema_json)
-    BoundedValidator.check_schema(schema)  # an invalid schema fails here, not halfway through validation
-    return BoundedValidator(schema, registry=Registry())  # empty registry: a remote $ref is unresolvable
-
-
-def first_error(validator, arguments) -> ValidationError | None:
-    """The shallowest of the arguments' first MAX_ERRORS violations, or None."""
-    errors = itertools.islice(validator.iter_errors(arguments), MAX_ERRORS)
-    return min(errors, key=lambda e: list(map(str, e.path)), default=None)
+from tools.validation import PatternTimeout, first_error, pattern_budget, schema_validator
 
 
 # --- the reward ---------------------------------------------------------------------------------
@@ -146,7 +40,7 @@ def tool_validators(schemas: dict[str, dict]) -> dict[str, object]:
     out = {}
     for name, schema in schemas.items():
         try:
-            out[name] = _validator(json.dumps(schema, sort_keys=True))
+            out[name] = schema_validator(schema)
         except (SchemaError, TypeError, ValueError):
             out[name] = "tool_schema_invalid"
         except RecursionError:

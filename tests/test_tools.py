@@ -129,3 +129,25 @@ def test_a_tool_with_an_invalid_schema_is_a_message():
         "name": "broken", "description": "", "parameters": {"type": "object", "properties": {"city": {"type": 5}}}}})
     result = run_call(broken, {"city": "Oslo"})
     assert result.error == "invalid_arguments" and "schema of broken is invalid" in result.content
+
+
+def _tool_with(parameters: dict) -> Tool:
+    return Tool(fn=forecast, schema={"type": "function", "function": {
+        "name": "forecast", "description": "", "parameters": parameters}})
+
+
+def test_an_evil_pattern_in_a_tool_schema_is_checked_within_the_budget():
+    import time
+
+    tool = _tool_with({"type": "object", "properties": {"city": {"type": "string", "pattern": "^(a+)+$"}}})
+    start = time.perf_counter()  # `re` backtracks for seconds on this argument
+    result = run_call(tool, {"city": "a" * 40 + "!"})
+    assert time.perf_counter() - start < 2.0
+    assert result.error == "invalid_arguments" and "forecast" in result.content
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/missing", "https://example.com/schema.json"])
+def test_an_unresolvable_ref_in_a_tool_schema_is_a_message_not_a_download(ref):
+    tool = _tool_with({"type": "object", "properties": {"city": {"$ref": ref}}})
+    result = run_call(tool, {"city": "Oslo"})
+    assert result.error == "invalid_arguments" and "$ref" in result.content

@@ -5,7 +5,6 @@ for the model; the trainer never sees an exception."""
 
 from __future__ import annotations
 
-import functools
 import json
 import multiprocessing as mp
 import os
@@ -13,10 +12,11 @@ import resource
 import traceback
 from dataclasses import dataclass
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import SchemaError
+from referencing.exceptions import Unresolvable
 
 from tools.registry import Tool
+from tools.validation import PatternTimeout, first_error, pattern_budget, schema_validator
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,20 @@ def _format(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
-@functools.lru_cache(maxsize=1024)
-def _validator(schema_json: str) -> Draft202012Validator:
-    schema = json.loads(schema_json)
-    Draft202012Validator.check_schema(schema)  # an invalid schema fails here, not halfway through validation
-    return Draft202012Validator(schema)
-
-
-def first_error(schema: dict, arguments: dict) -> ValidationError | None:
-    """The arguments' first violation of a JSON schema (shallowest path first), or None.
-    Raises SchemaError when the schema itself is invalid."""
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(map(str, e.path)))
-    return errors[0] if errors else None
-
-
 def validate(tool: Tool, arguments: dict) -> str | None:
-    """None if the arguments fit the tool's schema, else a message saying what is wrong."""
+    """None if the arguments fit the tool's schema, else a message for the model saying what is
+    wrong. Time-bounded like the rewards' check (tools/validation.py): the model wrote them."""
     try:
-        e = first_error(tool.spec["parameters"], arguments)
+        with pattern_budget():
+            e = first_error(schema_validator(tool.spec["parameters"]), arguments)
     except SchemaError as bad:
         return f"Error: the schema of {tool.name} is invalid ({bad.message}); the call was not run"
+    except Unresolvable as bad:
+        return f"Error: the schema of {tool.name} has a $ref that does not resolve ({bad}); the call was not run"
+    except PatternTimeout as slow:
+        return f"Error: invalid arguments for {tool.name}: checking them against pattern {slow} took too long"
+    except RecursionError:
+        return f"Error: invalid arguments for {tool.name}: nested too deeply to check"
     if e is None:
         return None
     where = ".".join(map(str, e.path)) or "arguments"
