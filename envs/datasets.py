@@ -180,19 +180,32 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
 
 class TaskStream:
     """Batches of tasks in a seeded order, reshuffled every epoch; its position is part of
-    the checkpoint so a resumed run sees exactly the batches it would have seen."""
+    the checkpoint so a resumed run sees exactly the batches it would have seen. With
+    stratify, the order cycles through the rows' categories (each shuffled, the categories'
+    order reshuffled every round), so every batch holds each category's share."""
 
-    def __init__(self, rows: list[dict], batch_size: int, seed: int):
+    def __init__(self, rows: list[dict], batch_size: int, seed: int, stratify: bool = False):
         if not rows:
             raise ValueError("no training tasks (data.name=bfcl is for evaluation: python -m rl.eval data=bfcl)")
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rows, self.batch_size, self.seed, self.stratify = rows, batch_size, seed, stratify
         self.epoch, self.position = 0, 0
         self.order = self._order()
 
     def _order(self) -> list[int]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
         order = list(range(len(self.rows)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
+        rng.shuffle(order)
+        if not self.stratify:
+            return order
+        by_category: dict[str, list[int]] = {}
+        for i in order:
+            by_category.setdefault(str(self.rows[i].get("category")), []).append(i)
+        queues, out = [by_category[k] for k in sorted(by_category)], []
+        for r in range(max(map(len, queues))):
+            round_ = [q[r] for q in queues if r < len(q)]
+            rng.shuffle(round_)
+            out += round_
+        return out
 
     def next_batch(self) -> list[dict]:
         batch = []

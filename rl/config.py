@@ -128,6 +128,7 @@ class DataConfig:
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
     format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl (envs/formats.py)
     filter: bool = True  # Tool-N1's filter: drop rows whose gold calls do not validate against their own tools
+    stratify: bool = False  # training batches cycle through the rows' categories (same share of each per batch)
 
 
 @dataclass

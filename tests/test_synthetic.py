@@ -58,6 +58,18 @@ def test_task_stream_resumes_exactly():
     assert sorted(r["id"] for r in epoch.next_batch() + epoch.next_batch()) == list(range(10))
 
 
+def test_stratified_stream_gives_every_batch_each_category_and_resumes_exactly():
+    rows = [{"id": i, "category": c} for i, c in enumerate(["simple"] * 5 + ["multiple"] * 5 + ["parallel"] * 5 + ["irrelevance"] * 3)]
+    stream = TaskStream(rows, 4, seed=1, stratify=True)
+    batches = [stream.next_batch() for _ in range(3)]
+    assert all(len({r["category"] for r in b}) == 4 for b in batches)  # irrelevance has 3 rows: 3 full rounds
+    epoch = TaskStream(rows, 18, seed=1, stratify=True).next_batch()
+    assert sorted(r["id"] for r in epoch) == list(range(18))
+    resumed = TaskStream(rows, 4, seed=1, stratify=True)
+    resumed.load_state_dict(stream.state_dict())
+    assert [stream.next_batch() for _ in range(6)] == [resumed.next_batch() for _ in range(6)]
+
+
 def test_builtin_tool_tasks_run_in_the_sandbox():
     from tools.registry import get_tool
     from tools.sandbox import run_named
