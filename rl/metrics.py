@@ -30,7 +30,7 @@ def memory_metrics(dist=None) -> dict[str, float]:
 class MetricsLogger:
     """enabled=False (every rank but 0 under torchrun): every method does nothing."""
 
-    def __init__(self, cfg, output_dir: Path, resume_step: int | None, enabled: bool = True):
+    def __init__(self, cfg, output_dir: Path, resume_step: int | None, enabled: bool = True, run_config: dict | None = None):
         self.enabled = enabled
         self.dir = output_dir
         self.console = Console(stderr=True) if cfg.console and enabled else None
@@ -48,9 +48,13 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(str(self.dir / "tensorboard"))
         if cfg.wandb:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), resume="allow")
+            try:
+                import wandb
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError("logger.wandb=true needs wandb: pip install 'toolcall-rl[wandb]' "
+                                          "(or pip install wandb), or drop logger.wandb") from None
+            # the resolved run config, so W&B can filter and compare runs by any setting
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), resume="allow", config=run_config)
 
     def log(self, step: int, metrics: dict) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}

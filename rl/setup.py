@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from envs.base import Env, make_env
 from envs.datasets import load_tasks
@@ -105,7 +106,8 @@ class Setup:
             policy = policy_.build(cfg, tokenizer, dist)
         seed_everything(cfg.trainer.seed + dist.rank)  # each rank samples its own completions
         train_tasks, eval_tasks = load_tasks(cfg.data)
-        logger = MetricsLogger(cfg.logger, Path(cfg.trainer.output_dir), resume_step, enabled=dist.main)
+        logger = MetricsLogger(cfg.logger, Path(cfg.trainer.output_dir), resume_step, enabled=dist.main,
+                               run_config=OmegaConf.to_container(cfg, resolve=True) if cfg.logger.wandb else None)
         trainable, total = policy.counts()
         logger.say(f"policy: {trainable:,} of {total:,} parameters train"
                    + (f" (LoRA r={cfg.model.lora.r})" if policy.lora else "")

@@ -113,3 +113,21 @@ def test_a_torn_metrics_line_does_not_stop_a_resume(tiny, tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     MetricsLogger(tiny().logger, tmp_path, resume_step=2).close()
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_wandb_gets_the_resolved_config_and_a_missing_wandb_an_install_hint(tiny, tmp_path, monkeypatch):
+    import types
+
+    from rl.metrics import MetricsLogger
+
+    cfg = tiny("logger.wandb=true")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'toolcall-rl\[wandb\]'"):
+        MetricsLogger(cfg.logger, tmp_path, None)
+    seen = {}
+    fake = types.SimpleNamespace(init=lambda **kw: seen.update(kw) or types.SimpleNamespace(finish=lambda: None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from rl.setup import Setup
+
+    Setup.build(cfg).logger.close()  # what a run hands to W&B
+    assert seen["config"]["algo"]["name"] == cfg.algo.name and seen["config"]["trainer"]["output_dir"] == str(tmp_path)
