@@ -40,3 +40,14 @@ def test_plugin_tool_is_found_by_name(plugin_path):
               "print(run_call(get_tool('demo_echo'), {'text': 'hi'}).content)", plugin_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "hi"
+
+
+@pytest.mark.parametrize("module", ["rewards.py", "tools.py"])
+def test_a_local_module_shadowing_our_packages_is_named_with_the_fix(tmp_path, module):
+    (tmp_path / module).write_text("def my_reward(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "rl.train", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    name = module.removesuffix(".py")
+    assert f"{tmp_path / module} shadows toolcall-rl's `{name}` package" in out.stderr and f"my_{name}.py" in out.stderr
