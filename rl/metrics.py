@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -25,6 +27,36 @@ def memory_metrics(dist=None) -> dict[str, float]:
     if torch.cuda.is_available():
         m["mem/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return dist.max(m) if dist is not None else m
+
+
+class Timings:
+    """Wall time per phase, summed over a step: `with timings("reward"): ...`; `pop()` gives
+    {"time/<phase>_s": seconds} and starts the next step from zero. Phases that run on the
+    device synchronise it first, so its queued work is counted where it was queued."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        _sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        out, self.seconds = {f"time/{k}_s": v for k, v in self.seconds.items()}, {}
+        return out
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class MetricsLogger:

@@ -48,7 +48,7 @@ from rl.advantages import zero_variance_share
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
 from rl.losses import Normalizer, policy_loss, sequence_kl
-from rl.metrics import memory_metrics
+from rl.metrics import Timings, memory_metrics
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import warm_up
@@ -102,20 +102,20 @@ def train(cfg: DictConfig) -> dict:
         policy.set_reference(checkpoint.trainable_values(out / "checkpoint-0", policy))
 
     s.logger.say(f"RL: steps {start + 1}..{cfg.trainer.steps}, {cfg.trainer.batch_size} prompts x {G} completions each")
-    rl_started = time.perf_counter()
+    rl_started, timings = time.perf_counter(), Timings()  # the step's profile split
     for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console and dist.main):
         t0 = time.perf_counter()
         rollouts, scored, sampled = algo_.collect(  # B*G (this rank's B / world prompts), groups contiguous
-            lambda tasks: sample_and_score(s, tasks, G), lambda: dist.share(data.next_batch()), algo, dist)
+            lambda tasks: sample_and_score(s, tasks, G, timings), lambda: dist.share(data.next_batch()), algo, dist)
         t_gen = time.perf_counter()
         rewards = algo_.shaped_rewards(scored, rollouts, algo, weights)  # [B*G]
-        stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s)
+        stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings)
         t_update = time.perf_counter()
         s.engine.load_weights(policy)
         t_end = time.perf_counter()
 
-        times = {"time/generate_s": t_gen - t0, "time/update_s": t_update - t_gen, "time/sync_s": t_end - t_update,
-                 "time/step_s": t_end - t0}
+        times = {**timings.pop(), "time/update_s": t_update - t_gen, "time/sync_s": t_end - t_update,
+                 "time/step_s": t_end - t0}  # + generate, reward, logprobs (reference, old), forward_backward, optimizer
         metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, **sampled, "lr": sched.get_last_lr()[0],
                    "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0)}  # engines that check their sync
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
@@ -152,17 +152,20 @@ def held_out_eval(cfg, s, eval_tasks) -> dict:
     return metrics
 
 
-def sample_and_score(s, tasks: list[dict], G: int):
-    rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # len(tasks) * G, groups contiguous
-    return rollouts, s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
+def sample_and_score(s, tasks: list[dict], G: int, timings: Timings | None = None):
+    timings = timings or Timings()
+    with timings("generate"):
+        rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # len(tasks) * G, groups contiguous
+    with timings("reward"):
+        return rollouts, s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
 
 
-def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
+def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timings | None = None) -> dict:
     """algo.ppo_epochs passes of algo.mini_batches optimizer steps on one batch of rollouts,
     each mini-batch micro-batched under trainer.token_budget and normalised by its counts
     summed over micro-batches and ranks, so accumulation and the ranks' summed gradients
     give exactly the full-mini-batch gradient."""
-    algo, trainer, dist = cfg.algo, cfg.trainer, policy.dist
+    algo, trainer, dist, timings = cfg.algo, cfg.trainer, policy.dist, timings or Timings()
     G = algo.group_size
     # a group's prompt runs once for its G completions (exact; needs the KV cache, so not
     # with gradient checkpointing)
@@ -186,7 +189,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
     everything = [b for batches in minis for b in batches]
 
     policy.eval()  # the reference and pi_old as they sample: no dropout
-    with torch.no_grad(), autocast(s.device, trainer.bf16):
+    with timings("logprobs"), torch.no_grad(), autocast(s.device, trainer.bf16):
         if policy.has_reference and algo.kl_coef > 0:
             with policy.reference():
                 for b in even_out(everything, dist):
@@ -217,12 +220,13 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
         for batches in minis:
             norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
             for b in even_out(batches, dist):  # as many micro-batches on every rank (FSDP's collectives)
-                with autocast(s.device, trainer.bf16):
-                    logprobs, entropy = logprobs_of(b, entropy_grad)  # [b, C], [b, C]
-                old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
-                loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm,
-                                          entropy, b.rollout_logprobs)
-                loss.backward()
+                with timings("forward_backward"):
+                    with autocast(s.device, trainer.bf16):
+                        logprobs, entropy = logprobs_of(b, entropy_grad)  # [b, C], [b, C]
+                    old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
+                    loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm,
+                                              entropy, b.rollout_logprobs)
+                    loss.backward()
                 gap = (old - b.rollout_logprobs) * b.loss_mask  # [b, C] trainer vs engine
                 stats["entropy"] = (entropy.detach() * b.loss_mask).sum() / norm.tokens
                 stats["mismatch/logprob_diff"] = gap.abs().sum() / norm.tokens
@@ -230,14 +234,15 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s) -> dict:
                     mismatch_max = max(mismatch_max, float(torch.exp(gap.masked_fill(b.loss_mask == 0, -1e9)).max()))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / steps  # sums over micro-batches, mean over steps
-            grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
-            if math.isfinite(grad_norm):
-                opt.step()
-                sched.step()
-            else:  # a NaN/inf loss or gradient: no step, no poisoned weights; counted and reported
-                skipped += 1
-                log.warning("non-finite gradient norm (%s): optimizer step skipped", grad_norm)
-            opt.zero_grad(set_to_none=True)
+            with timings("optimizer"):
+                grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
+                if math.isfinite(grad_norm):
+                    opt.step()
+                    sched.step()
+                else:  # a NaN/inf loss or gradient: no step, no poisoned weights; counted and reported
+                    skipped += 1
+                    log.warning("non-finite gradient norm (%s): optimizer step skipped", grad_norm)
+                opt.zero_grad(set_to_none=True)
     extra["skipped_steps"] = skipped
     return {**dist.sum({**totals, "micro_batches": len(everything)}), **extra,
             "mismatch/max_ratio": dist.max({"r": mismatch_max})["r"], "grad_norm": grad_norm}

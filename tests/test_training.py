@@ -46,6 +46,12 @@ def test_parameters_change_and_loss_is_finite(tiny, tmp_path, monkeypatch):
     assert any(r["grad_norm"] > 0 for r in steps)
     changed = [k for k in seen[0] if not torch.equal(seen[0][k], seen[2][k])]
     assert len(changed) >= len(seen[0]) // 2, changed
+    split = ["generate", "reward", "forward_backward", "optimizer", "update", "sync", "step"]
+    for r in steps:  # the profile split: every phase timed, the parts within the step
+        assert all(r[f"time/{k}_s"] >= 0 for k in split), r
+        parts = sum(r[f"time/{k}_s"] for k in ("generate", "reward", "update", "sync"))
+        assert parts <= r["time/step_s"] * 1.01 + 1e-3
+        assert r["time/forward_backward_s"] + r["time/optimizer_s"] <= r["time/update_s"] * 1.01 + 1e-3
 
 
 def test_shared_prompt_update_equals_plain_update(tiny):
