@@ -89,7 +89,8 @@ class Lines(list):
         self.where = where
 
 
-def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False) -> list[dict]:
+def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False,
+          max_skipped_share: float = 1.0) -> list[dict]:
     """Converts rows from `fmt`, checks them, and (filter_) drops gold calls that do not
     validate; bad rows are counted and the first reasons logged, or fail (strict). A row
     that makes a converter or a check raise anything is a bad row named by file and line
@@ -118,6 +119,10 @@ def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: boo
                     filtered, "; ".join(bad[:3]))
     if not good:
         raise ValueError(f"{source}: no usable rows ({len(bad)} bad); first problems: {bad[:3]}")
+    if len(bad) > max_skipped_share * len(rows):
+        raise ValueError(f"{source}: {len(bad)} of {len(rows)} rows were skipped ({filtered} by the Tool-N1 filter), more "
+                         f"than data.max_skipped_share={max_skipped_share}: the data or data.format is likely wrong. "
+                         f"First problems: {'; '.join(bad[:3])}. Fix the rows, or raise data.max_skipped_share")
     return good
 
 
@@ -169,9 +174,9 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
         raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl, hub or bfcl")
     if not cfg.path:
         raise ValueError(f"data.name={cfg.name} needs data.path")
-    rows = clean(read(cfg.path), cfg.path, cfg.strict, cfg.format, cfg.filter)
+    rows = clean(read(cfg.path), cfg.path, cfg.strict, cfg.format, cfg.filter, cfg.max_skipped_share)
     if cfg.eval_path:
-        return rows, clean(read(cfg.eval_path), cfg.eval_path, cfg.strict, cfg.format, cfg.filter)
+        return rows, clean(read(cfg.eval_path), cfg.eval_path, cfg.strict, cfg.format, cfg.filter, cfg.max_skipped_share)
     random.Random(cfg.seed).shuffle(rows)
     if len(rows) <= cfg.n_eval:
         raise ValueError(f"{cfg.path}: {len(rows)} rows cannot spare data.n_eval={cfg.n_eval} for eval; lower it or set data.eval_path")

@@ -128,6 +128,7 @@ class DataConfig:
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
     format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl (envs/formats.py)
     filter: bool = True  # Tool-N1's filter: drop rows whose gold calls do not validate against their own tools
+    max_skipped_share: float = 0.5  # jsonl/hub: skipping more of a file's rows than this is an error, not a log line
     stratify: bool = False  # training batches cycle through the rows' categories (same share of each per batch)
 
 

@@ -13,8 +13,9 @@ GOOD = {"messages": [{"role": "user", "content": "Timer 5 min"}],
 
 
 def cfg(path, **kw):
-    return OmegaConf.create({"format": "ours", "filter": True, "name": "jsonl", "path": str(path), "eval_path": None, "split": "train", "n_eval": 1,
-                             "seed": 0, "strict": False, **kw})
+    from rl.config import DataConfig
+
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "jsonl", "path": str(path), "n_eval": 1, **kw})
 
 
 def write(tmp_path, rows):

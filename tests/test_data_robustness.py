@@ -83,3 +83,20 @@ def test_odd_rows_are_counted_skips_in_every_format(tmp_path, fmt, caplog):
     assert f"of {len(ODD) + len(good)} rows" in caplog.text and f"{path}:1: " in caplog.text
     with pytest.raises(ValueError, match=rf"{path}:1: "):
         clean(read_jsonl(path), path, strict=True, fmt=fmt)
+
+
+def test_skipping_most_of_a_file_is_an_error_not_a_log_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from envs.datasets import load_tasks
+    from rl.config import DataConfig
+
+    broken = {**GOOD, "ground_truth": [{"name": "get_weather", "arguments": {"city": None}}]}  # fails its schema
+    path = write(tmp_path, [json.dumps(GOOD)] * 2 + [json.dumps(broken)] * 4)
+    cfg = OmegaConf.structured(DataConfig(name="jsonl", path=path, n_eval=1))
+    with pytest.raises(ValueError, match=rf"{path}: 4 of 6 rows were skipped \(4 by the Tool-N1 filter\).*"
+                                         r"data.max_skipped_share=0.5.*rows.jsonl:3"):
+        load_tasks(cfg)
+    cfg.max_skipped_share = 0.9
+    train, held_out = load_tasks(cfg)
+    assert len(train) + len(held_out) == 2

@@ -70,7 +70,8 @@ def test_load_tasks_from_a_file_in_a_format(tmp_path):
 
     from rl.config import DataConfig
 
-    cfg = OmegaConf.structured(DataConfig(name="jsonl", path=str(FIXTURES / "toolace.jsonl"), format="toolace", n_eval=1))
+    cfg = OmegaConf.structured(DataConfig(name="jsonl", path=str(FIXTURES / "toolace.jsonl"), format="toolace", n_eval=1,
+                                        max_skipped_share=1.0))  # the fixture skips 2 of its 3 rows on purpose
     train, held_out = load_tasks(cfg)
     assert len(train) == 1 and len(held_out) == 1
     with pytest.raises(ValueError, match="data.format='alpaca'"):
