@@ -99,7 +99,7 @@ def from_hermes(row: dict) -> list[dict]:
         raw_tools = _json_field(row, "tools")
     else:
         system = next((t["value"] for t in turns if t["from"] == "system"), "")
-        blocks = [b.strip() for b in re.findall(r"<tools>(.*?)</tools>", system, re.DOTALL) if b.strip()]
+        blocks = [b.strip() for b in between(system, "<tools>", "</tools>") if b.strip()]
         if not blocks:  # (the prompt also names the tags, empty, in its instructions)
             raise ValueError("no <tools>...</tools> in the system turn and no 'tools' column")
         raw_tools = literal(blocks[0])
@@ -171,9 +171,8 @@ def parse_bracket_calls(text: str) -> list[dict] | None:
 
 
 def parse_hermes_calls(text: str) -> list[dict] | None:
-    blocks = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.DOTALL)
     calls = []
-    for block in blocks:
+    for block in between(text, "<tool_call>", "</tool_call>"):
         try:
             call = literal(block.strip())
         except ValueError:
@@ -183,6 +182,20 @@ def parse_hermes_calls(text: str) -> list[dict] | None:
         arguments = call.get("arguments", {})
         calls.append({"name": call["name"], "arguments": literal(arguments) if isinstance(arguments, str) else arguments})
     return calls or None
+
+
+def between(text: str, open_: str, close: str) -> list[str]:
+    """The text between each `open_` and the first `close` after it, in order: what
+    re.findall(open_ + "(.*?)" + close, text, re.DOTALL) finds, in linear time (that lazy regex
+    rescans the rest of the text from every opener that has no closer)."""
+    bodies, pos = [], 0
+    while (start := text.find(open_, pos)) >= 0:
+        end = text.find(close, start + len(open_))
+        if end < 0:  # no closer after this opener, so none after any later one either
+            break
+        bodies.append(text[start + len(open_):end])
+        pos = end + len(close)
+    return bodies
 
 
 def tools_in_text(text: str, marker: str) -> list[dict]:

@@ -98,7 +98,7 @@ class RewardError(RuntimeError, ValueError):
 
 def _number(value) -> float | None:
     """value as a finite float, or None when it is not a finite number (text is not a number)."""
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, (str, bytes)) or getattr(value, "ndim", 0):  # text, or an array: not one number
         return None
     try:
         number = float(value)

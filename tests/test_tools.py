@@ -151,3 +151,9 @@ def test_an_unresolvable_ref_in_a_tool_schema_is_a_message_not_a_download(ref):
     tool = _tool_with({"type": "object", "properties": {"city": {"$ref": ref}}})
     result = run_call(tool, {"city": "Oslo"})
     assert result.error == "invalid_arguments" and "$ref" in result.content
+
+
+@pytest.mark.parametrize("parameters", [{"type": "object", "enum": {1, 2}}, {"type": "object", "maximum": 10**5000}])
+def test_a_python_schema_that_is_not_json_data_is_a_message(parameters):
+    result = run_call(_tool_with(parameters), {"city": "Oslo"})
+    assert result.error == "invalid_arguments" and "not JSON data" in result.content

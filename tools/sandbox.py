@@ -38,6 +38,8 @@ def validate(tool: Tool, arguments: dict) -> str | None:
             e = first_error(schema_validator(tool.spec["parameters"]), arguments)
     except SchemaError as bad:
         return f"Error: the schema of {tool.name} is invalid ({bad.message}); the call was not run"
+    except (TypeError, ValueError) as bad:  # a Python-made schema that is not JSON data (a set, a huge int)
+        return f"Error: the schema of {tool.name} is not JSON data ({bad}); the call was not run"
     except Unresolvable as bad:
         return f"Error: the schema of {tool.name} has a $ref that does not resolve ({bad}); the call was not run"
     except PatternTimeout as slow:
