@@ -166,6 +166,7 @@ class TrainerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    optimizer: str = "adamw"  # adamw | adamw_fused | adamw_loop | adamw_8bit (rl/optim.py: same update, less memory)
     lr_schedule: str = "constant"  # constant | linear | cosine (after lr_warmup_steps)
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0

@@ -16,7 +16,7 @@ from envs.datasets import load_tasks
 from rewards.combine import WeightedReward
 from rewards.parsing import PARSERS, template_parser
 from rl import algo as algo_
-from rl import parallel
+from rl import optim, parallel
 from rl import policy as policy_
 from rl.engines import Engine, make_engine
 from rl.metrics import MetricsLogger
@@ -72,6 +72,7 @@ def check_config(cfg, world: int) -> None:
         ("algo.sampling.temperature", smp.temperature, smp.temperature >= 0, ">= 0 (0 = greedy)"),
         ("algo.sampling.top_p", smp.top_p, 0 < smp.top_p <= 1, "in (0, 1]"),
         ("algo.sampling.max_new_tokens", smp.max_new_tokens, smp.max_new_tokens >= 1, ">= 1"),
+        ("trainer.optimizer", t.optimizer, t.optimizer in optim.OPTIMIZERS, " | ".join(optim.OPTIMIZERS)),
         ("data.max_skipped_share", cfg.data.max_skipped_share, 0 <= cfg.data.max_skipped_share <= 1, "in [0, 1]"),
     ]
     for key, value, ok, want in rules:

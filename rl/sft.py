@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from envs.single_turn import gold_answer
+from rl import optim
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.losses import Normalizer, token_mean
 from rl.setup import autocast
@@ -32,11 +33,11 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
 
 
 def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, chunk: int = 1024,
-            bf16: bool = True) -> dict:
+            bf16: bool = True, optimizer: str = "adamw") -> dict:
     """cfg: trainer.sft. Trains the policy (a Policy handle: its adapters under LoRA, its
     shards under torchrun) in place on cfg.steps batches of gold answers (cycling through
     `tasks` in order; each rank takes its share); returns the first and last loss."""
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = optim.make(optimizer, policy.parameters(), cfg.lr)
     policy.train()
     device, losses = policy.device, []
     for step in range(cfg.steps):

@@ -41,7 +41,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from rl import checkpoint
+from rl import checkpoint, optim
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
 from rl import algo as algo_
 from rl.advantages import zero_variance_share
@@ -90,7 +90,8 @@ def train(cfg: DictConfig) -> dict:
         if cfg.trainer.sft.steps > 0:
             with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
                 summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
-                                         cfg.trainer.token_budget, cfg.trainer.logprob_chunk, cfg.trainer.bf16)
+                                         cfg.trainer.token_budget, cfg.trainer.logprob_chunk, cfg.trainer.bf16,
+                                         cfg.trainer.optimizer)
             s.engine.load_weights(policy)
             if cfg.trainer.sft.eval:
                 with phase(s, summary, "warmup_eval", "evaluating after the warm-up"):
@@ -250,7 +251,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
 
 def make_optimizer(cfg, policy, per_step: int = 1):
     """AdamW and the LR schedule, in RL steps (per_step optimizer steps each)."""
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    opt = optim.make(cfg.optimizer, policy.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
     total = max(cfg.steps, 1)
 
     def factor(i: int) -> float:

@@ -132,3 +132,35 @@ def test_every_recipe_trains_the_tiny_model(tiny, tmp_path, recipe):
                      for i in (0, 2))
     assert before
     assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
+
+
+def test_memory_saving_optimizers_take_adamws_step():
+    from rl import optim
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    grads = [torch.randn_like(p) for p in start]
+    after = {}
+    for name in ("adamw", "adamw_fused", "adamw_loop"):
+        params = [p.clone().requires_grad_(True) for p in start]
+        opt = optim.make(name, params, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99))
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        after[name] = [p.detach() for p in params]
+    for name in ("adamw_fused", "adamw_loop"):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after[name], after["adamw"])), name
+    assert not torch.equal(after["adamw"][0], start[0])
+    with pytest.raises(ValueError, match="trainer.optimizer='sgdd'"):
+        optim.make("sgdd", start, lr=1e-2)
+
+
+def test_eight_bit_adamw_without_bitsandbytes_says_how_to_install(monkeypatch):
+    import sys
+
+    from rl import optim
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        optim.make("adamw_8bit", [torch.zeros(2, requires_grad=True)], lr=1e-3)
