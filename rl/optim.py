@@ -1,5 +1,5 @@
-"""The optimizer, by name (trainer.optimizer), for RL and the SFT warm-up alike. The AdamW
-variants differ in memory, not in the update:
+"""The optimizer and the LR schedule. The optimizer is chosen by name (trainer.optimizer), for
+RL and the SFT warm-up alike; the AdamW variants differ in memory, not in the update:
 
     adamw        torch's AdamW, multi-tensor (foreach): fast; its temporaries are as large as
                  the trainable parameters for the duration of a step
@@ -9,6 +9,8 @@ variants differ in memory, not in the update:
                  (pip install bitsandbytes; updates differ from AdamW by the quantisation)"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,3 +33,25 @@ def make(name: str, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.
                               "(or pick adamw_fused / adamw_loop)") from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"trainer.optimizer={name!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(cfg, policy, per_step: int = 1):
+    """AdamW and the LR schedule, in RL steps (per_step optimizer steps each)."""
+    opt = make(cfg.optimizer, policy.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
+    total = max(cfg.steps, 1)
+
+    def factor(i: int) -> float:
+        step = i / per_step
+        if step < cfg.lr_warmup_steps:
+            return (step + 1) / cfg.lr_warmup_steps
+        progress_ = (step - cfg.lr_warmup_steps) / max(total - cfg.lr_warmup_steps, 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress_)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress_, 1.0)))
+        raise ValueError(f"trainer.lr_schedule={cfg.lr_schedule!r}: use constant, linear or cosine")
+
+    factor(0)  # fail on a bad schedule name now, not at the first step
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -41,7 +41,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from rl import checkpoint, optim
+from rl import checkpoint
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
 from rl import algo as algo_
 from rl.advantages import zero_variance_share
@@ -49,6 +49,7 @@ from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics
+from rl.optim import make_optimizer
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import warm_up
@@ -247,28 +248,6 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
     extra["skipped_steps"] = skipped
     return {**dist.sum({**totals, "micro_batches": len(everything)}), **extra,
             "mismatch/max_ratio": dist.max({"r": mismatch_max})["r"], "grad_norm": grad_norm}
-
-
-def make_optimizer(cfg, policy, per_step: int = 1):
-    """AdamW and the LR schedule, in RL steps (per_step optimizer steps each)."""
-    opt = optim.make(cfg.optimizer, policy.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
-    total = max(cfg.steps, 1)
-
-    def factor(i: int) -> float:
-        step = i / per_step
-        if step < cfg.lr_warmup_steps:
-            return (step + 1) / cfg.lr_warmup_steps
-        progress_ = (step - cfg.lr_warmup_steps) / max(total - cfg.lr_warmup_steps, 1)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        if cfg.lr_schedule == "linear":
-            return max(0.0, 1.0 - progress_)
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress_, 1.0)))
-        raise ValueError(f"trainer.lr_schedule={cfg.lr_schedule!r}: use constant, linear or cosine")
-
-    factor(0)  # fail on a bad schedule name now, not at the first step
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def batch_metrics(dist, scored, rollouts, group_size: int, times: dict) -> dict:
