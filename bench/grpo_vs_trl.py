@@ -234,7 +234,7 @@ class FixedPromptEnv:
         self.tokenizer = tokenizer
 
     def rollout(self, engine, tasks, n, sampling):
-        from rl.types import Rollout
+        from envs.types import Rollout
 
         samples = engine.generate([t["prompt_ids"] for t in tasks], n, sampling)  # [B*n], groups contiguous
         return [Rollout(task=tasks[i // n], prompt=tasks[i // n]["prompt_ids"], completion=s.completion,
@@ -274,7 +274,7 @@ def run_ours(a, w: dict, prompts) -> dict:
     from rl.models import load_tokenizer
     from rl.setup import Setup, check_config, seed_everything
     from rl.train import make_optimizer, sample_and_score, update_policy
-    from rl.types import SamplingParams
+    from envs.types import SamplingParams
 
     cfg = compose_cfg(a, w, str(Path(a.tmp) / "ours"))
     check_config(cfg, 1)

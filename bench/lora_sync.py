@@ -30,7 +30,7 @@ from rl.models import load_model, load_tokenizer
 from rl.parallel import Dist
 from rl.policy import Policy
 from rl import lora
-from rl.types import SamplingParams
+from envs.types import SamplingParams
 
 
 def make_policy(model: str, rank: int) -> tuple[Policy, object]:

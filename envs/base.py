@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rl.types import Rollout, SamplingParams
+from envs.types import Rollout, SamplingParams
 
 
 class Env(Protocol):

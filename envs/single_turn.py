@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rl.types import Rollout, SamplingParams
+from envs.types import Rollout, SamplingParams
 
 # Tool-N1's instruction, shortened: every prompt token costs compute (x G completions) on a CPU.
 TOOL_N1_SYSTEM = (

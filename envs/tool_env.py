@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from envs.single_turn import SingleTurnEnv
 from rewards.parsing import parse
-from rl.types import Rollout, SamplingParams
+from envs.types import Rollout, SamplingParams
 from tools.registry import get_tool
 from tools.sandbox import run_named
 

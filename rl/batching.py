@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from rl.types import Batch, Rollout
+from envs.types import Batch, Rollout
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rl.types import SamplingParams
+from envs.types import SamplingParams
 
 
 def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampling: SamplingParams, batch: int,

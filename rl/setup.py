@@ -23,7 +23,7 @@ from rl.metrics import MetricsLogger
 from rl.models import load_tokenizer
 from rl.parallel import pick_device  # noqa: F401  (re-exported)
 from rl.policy import Policy
-from rl.types import SamplingParams
+from envs.types import SamplingParams
 
 _HERE = Path(__file__).resolve().parent
 # a source checkout or editable install has conf/ beside rl/; a wheel installs it as rl/conf

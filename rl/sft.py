@@ -19,7 +19,7 @@ from rl import optim
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.losses import Normalizer, token_mean
 from rl.setup import autocast
-from rl.types import Rollout
+from envs.types import Rollout
 
 
 def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:

@@ -19,7 +19,7 @@ from rl import checkpoint  # noqa: E402
 from rl.batching import token_budget_chunks  # noqa: E402
 from rl.setup import Setup  # noqa: E402
 from rl.train import make_optimizer, update_policy  # noqa: E402
-from rl.types import Rollout  # noqa: E402
+from envs.types import Rollout  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
 
 B, G = 4, 3

@@ -7,7 +7,7 @@ from rl.engines.hf import HFEngine
 from rl.logprobs import token_logprobs
 from rl.batching import collate
 from rl.setup import Setup
-from rl.types import Rollout, SamplingParams
+from envs.types import Rollout, SamplingParams
 
 
 def prompts(s, n=3):

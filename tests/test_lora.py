@@ -17,7 +17,7 @@ from rl.batching import collate
 from rl.engines.hf import HFEngine
 from rl.setup import Setup
 from rl.train import train
-from rl.types import Rollout, SamplingParams
+from envs.types import Rollout, SamplingParams
 from tests.test_training import DENSE, metrics
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8"]

@@ -11,7 +11,7 @@ from envs.tool_env import ToolEnv
 from rewards import tool_n1_reward
 from rl.setup import Setup
 from rl.train import train
-from rl.types import Sample, SamplingParams
+from envs.types import Sample, SamplingParams
 
 
 class ScriptedEngine:

@@ -12,7 +12,7 @@ from rl.batching import collate
 from rl.logprobs import token_logprobs
 from rl.setup import CONF_DIR
 from rl.train import train
-from rl.types import Rollout
+from envs.types import Rollout
 
 
 def metrics(out_dir):

@@ -26,7 +26,7 @@ from rl.engines.vllm import VLLMEngine  # noqa: E402
 from rl.engines.vllm_server import VLLMServerEngine  # noqa: E402
 from rl.setup import Setup  # noqa: E402
 from rl.train import train  # noqa: E402
-from rl.types import SamplingParams  # noqa: E402
+from envs.types import SamplingParams  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
 from tests.procs import descendants, running  # noqa: E402
 

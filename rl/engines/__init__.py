@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rl.types import Sample, SamplingParams
+from envs.types import Sample, SamplingParams
 
 
 class Engine(Protocol):

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, LogitsProcessor, Lo
 
 from rl.batching import left_pad, position_ids
 from rl.models import DTYPES
-from rl.types import Sample, SamplingParams
+from envs.types import Sample, SamplingParams
 
 
 class SampledLogprobs(LogitsProcessor):

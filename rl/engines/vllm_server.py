@@ -39,7 +39,7 @@ import torch
 
 from rl.engines.sync import export_weights, kv_cache_bytes, probe_prompt, sync_folder, tolerance, verify_probe
 from rl.models import DTYPES
-from rl.types import Sample, SamplingParams
+from envs.types import Sample, SamplingParams
 
 START_HINT = "start one with `python -m rl.engines.vllm_server --model <model> --port <port>` (README, server mode)"
 
