@@ -165,7 +165,7 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
         return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
                                           cfg.builtin_tools, cfg.bfcl_disjoint, cfg.typed_tools)
     if cfg.name == "bfcl":  # BFCL's own categories from the bfcl-eval package: for evaluation, not training
-        from rl import bfcl
+        from envs import bfcl
 
         rows = [t for c in cfg.categories for t in clean(bfcl.load_category(c), f"bfcl/{c}", cfg.strict, "bfcl")]
         return [], rows

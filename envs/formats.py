@@ -110,7 +110,7 @@ def from_hermes(row: dict) -> list[dict]:
 
 
 def from_bfcl(row: dict) -> list[dict]:
-    from rl import bfcl
+    from envs import bfcl
 
     entry = {**row, "category": row.get("category") or re.sub(r"_\d+$", "", row["id"]),
              "possible_answer": row.get("ground_truth", row.get("possible_answer", []))}
