@@ -132,7 +132,10 @@ def train(cfg: DictConfig) -> dict:
 
     summary["time_s"]["rl"] = round(time.perf_counter() - rl_started, 1)  # this process's share, evals included
     summary["wall_s"] = time.perf_counter() - started
-    summary["peak_rss_gb"] = max(summary.get("peak_rss_gb", 0.0), memory_metrics(dist)["mem/peak_rss_gb"])
+    memory = memory_metrics(dist)  # this process, the max over ranks
+    summary["peak_rss_gb"] = max(summary.get("peak_rss_gb", 0.0), memory["mem/peak_rss_gb"])
+    if "mem/cuda_max_allocated_gb" in memory:
+        summary["peak_cuda_gb"] = max(summary.get("peak_cuda_gb", 0.0), memory["mem/cuda_max_allocated_gb"])
     if dist.main:
         report(s, summary, out, cfg.reward.exact_match)
     s.logger.close()
@@ -297,7 +300,8 @@ def report(s, summary: dict, out: Path, exact_match: str) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     stages = {k: summary[k] for k in ("base", "after_warmup", "after_rl") if k in summary}
     overall = {stage: {key.removeprefix("eval/"): v for key, v in r.items() if key.count("/") == 1} for stage, r in stages.items()}
-    s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s)", overall)
+    cuda = f", CUDA peak {summary['peak_cuda_gb']:.1f} GB" if summary.get("peak_cuda_gb") else ""
+    s.logger.table(f"held-out eval ({summary['wall_s']:.0f} s, peak RSS {summary['peak_rss_gb']:.1f} GB{cuda})", overall)
     name = f"/{exact_match}"
     per_category = {stage: {key.split("/")[1]: v for key, v in r.items() if key.count("/") == 2 and key.endswith(name)
                             and not key.startswith("eval/reason/")} for stage, r in stages.items()}
