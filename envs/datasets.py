@@ -1,9 +1,26 @@
-"""Task rows from the synthetic generator, a local JSONL file, a hub dataset (in any of
-the formats of envs/formats.py: ours, toolace, xlam, hermes, bfcl), or BFCL's categories.
+"""Task rows from the synthetic generator, a local JSONL file, a dataset read through Arrow
+(a hub id, a `save_to_disk` folder, a parquet/json/csv file: read_hub), in any of the formats
+of envs/formats.py (ours, toolace, xlam, hermes, bfcl, openai), or BFCL's categories; and our
+tasks out again as a TRL-ready dataset (to_trl).
 
 Row format (one task): {"messages": [{"role", "content"}...], "tools": [JSON schema...],
 "ground_truth": [{"name", "arguments"}...] or that list as a JSON string}; optional "id",
-"category". Bad rows are skipped and counted (data.strict=false) or fail at once."""
+"category". Bad rows are skipped and counted (data.strict=false) or fail at once.
+
+Arrow unifies nested objects: in a column of structs every object gets every key that any
+row's object has, None where it had none (a tool's `properties` gain the other tools'
+parameter names, a gold call's `arguments` the other calls' argument names). Rows read
+through Arrow are undone before conversion (undo_arrow), by one rule: a None-valued key is
+dropped everywhere, except in a call's arguments (an object with a string "name" and an
+"arguments" object), where a None-valued argument is kept only when that tool's schema for
+it explicitly admits null (type "null" or a list with it, nullable: true, an enum with null,
+or an anyOf/oneOf branch that does) - for any other argument null fails the schema, so it
+cannot be a gold value. Integer-valued floats (Arrow widens a column mixing 5 and 2.5 to
+float) become ints where the schema says integer. Nothing else is touched: lists keep their
+None items, string columns (ground_truth or tools as JSON text) are not unified and are read
+exactly. The one loss: a call that omits an optional argument whose schema admits null
+gains that argument as null; store ground_truth as a JSON string (to_trl does) to keep
+exact nulls."""
 
 from __future__ import annotations
 
@@ -13,6 +30,7 @@ import random
 from pathlib import Path
 
 from envs import synthetic
+from envs.formats import normalize_tool, unwrap_tool
 from rewards.parsing import parse_ground_truth
 
 log = logging.getLogger(__name__)
@@ -34,8 +52,10 @@ def check_row(row: object) -> dict:
     if missing:
         raise ValueError(f"missing key(s) {missing}; a row needs messages, tools, ground_truth")
     tools = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+    tools = [unwrap_tool(t) for t in tools] if isinstance(tools, list) else tools  # OpenAI's shape -> plain
     if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
-        raise ValueError("key 'tools' must be a list of JSON schemas, each with a 'name'")
+        raise ValueError("key 'tools' must be a list of JSON schemas, each with a 'name' (plain or in OpenAI's "
+                         "{'type': 'function', 'function': {...}})")
     messages = row["messages"]
     if not isinstance(messages, list) or not messages or not all(
         isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool") and isinstance(m.get("content"), str)
@@ -89,6 +109,92 @@ class Lines(list):
         self.where = where
 
 
+class ArrowRows(list):
+    """Rows read through Arrow; `nested` names the columns that hold structs (which Arrow
+    unified: clean undoes that with undo_arrow)."""
+
+    def __init__(self, rows: list, nested: set[str] | frozenset[str]):
+        super().__init__(rows)
+        self.nested = frozenset(nested)
+
+
+def undo_arrow(row: object, nested: frozenset[str] | set[str]) -> object:
+    """The row without the None-valued keys Arrow's unification added (the rule is in the
+    module docstring): top-level None values go (a column the row did not have), the struct
+    columns in `nested` lose None-valued keys, and call arguments are pruned against the
+    schema of the tool they call."""
+    if not isinstance(row, dict):
+        return row
+    out = {k: v for k, v in row.items() if v is not None}
+    for key in ("tools", "function"):  # ours/openai/xlam/hermes; bfcl
+        if key in out and key in nested:
+            out[key] = _drop_nulls(out[key], {})
+    specs = tool_parameters(out.get("tools", out.get("function")))
+    return {k: _drop_nulls(v, specs) if k in nested else v for k, v in out.items()}
+
+
+def _drop_nulls(value, specs: dict[str, dict]):
+    if isinstance(value, list):
+        return [_drop_nulls(v, specs) for v in value]
+    if not isinstance(value, dict):
+        return value
+    call = isinstance(value.get("name"), str) and isinstance(value.get("arguments"), dict)
+    return {k: prune_arguments(v, specs.get(value["name"])) if call and k == "arguments" else _drop_nulls(v, specs)
+            for k, v in value.items() if v is not None}
+
+
+def tool_parameters(tools) -> dict[str, dict]:
+    """name -> parameters JSON schema of a row's tools (either shape, a list or its JSON
+    string, python-style types normalised); tools that do not read are left out."""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except (ValueError, RecursionError):
+            return {}
+    specs = {}
+    for tool in tools if isinstance(tools, list) else []:
+        try:
+            tool = normalize_tool(tool)
+        except Exception:  # noqa: BLE001  a bad tool is check_row's to report, not this lookup's
+            continue
+        specs[tool["name"]] = tool["parameters"]
+    return specs
+
+
+def prune_arguments(value, schema):
+    """Call arguments (or a value inside them) without Arrow's None-valued keys: a None is
+    kept only where `schema` admits null explicitly; integer-valued floats become ints where
+    the schema says integer."""
+    schema = schema if isinstance(schema, dict) else {}
+    if isinstance(value, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
+        return {k: prune_arguments(v, props.get(k, extra)) for k, v in value.items()
+                if v is not None or admits_null(props.get(k, extra))}
+    if isinstance(value, list):
+        return [prune_arguments(v, schema.get("items")) for v in value]
+    if isinstance(value, float) and value.is_integer() and _types(schema) & {"integer", "number"} == {"integer"}:
+        return int(value)
+    return value
+
+
+def _types(schema: dict) -> set:
+    t = schema.get("type")
+    return {t} if isinstance(t, str) else {x for x in t if isinstance(x, str)} if isinstance(t, list) else set()
+
+
+def admits_null(schema) -> bool:
+    """Whether a JSON schema names null as a value: type null (or a list with it), OpenAPI's
+    nullable, an enum with null, or an anyOf/oneOf branch that does."""
+    if not isinstance(schema, dict):
+        return False
+    if "null" in _types(schema) or schema.get("nullable") is True:
+        return True
+    if isinstance(schema.get("enum"), list) and None in schema["enum"]:
+        return True
+    return any(admits_null(s) for key in ("anyOf", "oneOf") if isinstance(schema.get(key), list) for s in schema[key])
+
+
 def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: bool = False,
           max_skipped_share: float = 1.0) -> list[dict]:
     """Converts rows from `fmt`, checks them, and (filter_) drops gold calls that do not
@@ -98,11 +204,14 @@ def clean(rows: list, source: str, strict: bool, fmt: str = "ours", filter_: boo
     from envs.formats import convert
 
     where = getattr(rows, "where", None) or [f"{source} row {i}" for i in range(len(rows))]
+    nested = getattr(rows, "nested", None)  # ArrowRows: undo Arrow's unification first
     good, bad, filtered = [], [], 0
     for i, row in enumerate(rows):
         try:
             if isinstance(row, NotJSON):
                 raise ValueError(row)
+            if nested is not None:
+                row = undo_arrow(row, nested)
             tasks = [check_row(t) for t in convert(row, fmt)]
             if filter_:
                 for t in tasks:
@@ -153,10 +262,48 @@ def read_jsonl(path: str) -> Lines:
     return Lines(rows, where)
 
 
-def read_hub(dataset_id: str, split: str) -> list:
+ARROW_FILES = {".parquet": "parquet", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def read_hub(path: str, split: str) -> list:
+    """Rows of a hub dataset id, a local `save_to_disk` folder (a Dataset, or a DatasetDict:
+    `split` picks one), a local folder of data files, or one local file (.parquet, .json,
+    .csv, .arrow; a .jsonl file is read as read_jsonl reads it, line by line). Rows that came
+    through Arrow are ArrowRows, which clean undoes Arrow's unification on."""
     import datasets
 
-    return list(datasets.load_dataset(dataset_id, split=split))
+    local = Path(path)
+    if local.is_dir() and (local / "dataset_dict.json").exists():
+        splits = datasets.load_from_disk(str(local))
+        if split not in splits:
+            raise ValueError(f"{path}: a save_to_disk DatasetDict without split {split!r} (data.split); "
+                             f"it has {sorted(splits)}")
+        return arrow_rows(splits[split])
+    if local.is_dir() and (local / "state.json").exists() and (local / "dataset_info.json").exists():
+        return arrow_rows(datasets.load_from_disk(str(local)))
+    if not local.exists() and local.suffix in (".jsonl", *ARROW_FILES):
+        raise FileNotFoundError(f"data.path={path}: no such file")
+    if local.is_file():
+        if local.suffix == ".jsonl":
+            return read_jsonl(path)
+        if local.suffix not in ARROW_FILES:
+            raise ValueError(f"data.path={path}: a data file must be .jsonl, {', '.join(ARROW_FILES)}; or give a hub "
+                             "dataset id or a save_to_disk folder")
+        return arrow_rows(datasets.load_dataset(ARROW_FILES[local.suffix], data_files=str(local), split="train"))
+    return arrow_rows(datasets.load_dataset(path, split=split))
+
+
+def arrow_rows(dataset) -> ArrowRows:
+    """A datasets.Dataset's rows, with the names of its columns that hold structs."""
+    import pyarrow as pa
+
+    def nested(t) -> bool:
+        if pa.types.is_struct(t):
+            return True
+        value = getattr(t, "value_type", None) or getattr(t, "item_type", None)  # list types; map
+        return isinstance(value, pa.DataType) and nested(value)
+
+    return ArrowRows(list(dataset), {f.name for f in dataset.data.schema if nested(f.type)})
 
 
 def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
@@ -181,6 +328,53 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     if len(rows) <= cfg.n_eval:
         raise ValueError(f"{cfg.path}: {len(rows)} rows cannot spare data.n_eval={cfg.n_eval} for eval; lower it or set data.eval_path")
     return rows[cfg.n_eval:], rows[: cfg.n_eval]
+
+
+def to_trl(tasks: list[dict], system_prompt: str | None = None):
+    """Our tasks as a TRL-ready datasets.Dataset, one row per task, with columns
+
+        prompt        the task's messages: TRL's conversational prompt-only shape
+        tools         the tools in OpenAI/transformers' shape [{"type": "function", "function":
+                      {"name", "description", "parameters"}}], as a JSON string
+        ground_truth  the gold calls [{"name", "arguments"}], as a JSON string
+        id, category  strings
+
+    tools and ground_truth are JSON text so that Arrow does not unify them (see the module
+    docstring): the rows read back exactly, nulls included. TRL's SFT, DPO, KTO and reward
+    trainers json.loads a string `tools` column themselves; elsewhere pass
+    `json.loads(row["tools"])` to `tokenizer.apply_chat_template(..., tools=...)`.
+
+    In TRL's GRPOTrainer every column but `prompt` reaches each reward function as a keyword
+    argument, and our rewards read these columns unchanged: `rewards.tool_n1.tool_n1_reward`
+    parses `ground_truth` from its JSON string, `rewards.schema.schema_validity_reward` reads
+    `tools` in this shape, and both take TRL's conversational completions:
+
+        GRPOTrainer(model, reward_funcs=[tool_n1_reward], train_dataset=to_trl(tasks, TOOL_N1_SYSTEM), ...)
+
+    GRPOTrainer (TRL 1.16) renders each prompt with the trainer's own `tools` only, so give
+    `system_prompt` (e.g. envs.single_turn.TOOL_N1_SYSTEM; `{tools}` in it becomes the task's
+    tools) to put every row's tools and the answer format in the prompt, as our single-turn
+    env does (system messages of the task are then replaced). Without it `prompt` is the
+    task's messages as they are, and loading the dataset back with our loader
+    (`data=hub data.path=<save_to_disk folder, parquet file or hub id>`) gives the same tasks:
+    messages, tools, ground_truth, id, category."""
+    import datasets
+
+    if not tasks:
+        raise ValueError("to_trl: no tasks to export")
+    rows = []
+    for task in tasks:
+        messages = task["messages"]
+        if system_prompt is not None:
+            from envs.single_turn import SingleTurnEnv
+
+            messages = SingleTurnEnv(None, system_prompt).reset(task)
+        tools = json.loads(task["tools"]) if isinstance(task["tools"], str) else task["tools"]
+        tools = [{"type": "function", "function": unwrap_tool(t)} for t in tools]
+        rows.append({"prompt": messages, "tools": json.dumps(tools, ensure_ascii=False),
+                     "ground_truth": json.dumps(parse_ground_truth(task["ground_truth"]), ensure_ascii=False),
+                     "id": str(task.get("id", len(rows))), "category": str(task.get("category", "default"))})
+    return datasets.Dataset.from_list(rows)
 
 
 class TaskStream:

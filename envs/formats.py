@@ -13,6 +13,16 @@ as context), or raises ValueError saying what is wrong with the row.
              "system"|"human"|"gpt"|"tool", "value"}]} with <tools> in the system turn and
              <tool_call>{...}</tool_call> in gpt turns
     bfcl     BFCL's JSON lines {"id", "question", "function", "ground_truth"?}
+    openai   OpenAI / TRL SFT rows {"messages" (or TRL's "prompt" + "completion"), "tools"}
+             whose assistant turns carry "tool_calls": [{"type": "function", "function":
+             {"name", "arguments": JSON string or object}}]; each such turn becomes a task
+             (the turns before it as context, its calls as ground truth). `ours` rows without
+             ground_truth but with such turns are read this way too.
+
+`ours` also takes TRL's prompt-only rows: a "prompt" column (a list of messages, or a string
+for one user turn) stands for "messages". Tools may be plain {"name", "description",
+"parameters"} or OpenAI/transformers' {"type": "function", "function": {...}}, in every
+format; tasks carry the plain shape.
 
 Tool schemas are normalised to JSON schema (python-style types such as `str`, `List[int]`,
 `dict`, `float, optional` become JSON types), so Tool-N1's filter can validate the gold
@@ -27,7 +37,8 @@ import re
 
 PY_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
             "number": "number", "double": "number", "bool": "boolean", "boolean": "boolean", "dict": "object",
-            "object": "object", "list": "array", "array": "array", "tuple": "array", "set": "array"}
+            "object": "object", "list": "array", "array": "array", "tuple": "array", "set": "array", "null": "null",
+            "none": "null", "nonetype": "null"}
 
 
 def json_type(name: str) -> dict:
@@ -61,9 +72,17 @@ def normalize_schema(schema):
     return out
 
 
+def unwrap_tool(tool):
+    """OpenAI/transformers' {"type": "function", "function": {...}} -> the plain {...}; anything else as it is."""
+    if isinstance(tool, dict) and isinstance(tool.get("function"), dict) and "name" not in tool:
+        return tool["function"]
+    return tool
+
+
 def normalize_tool(tool: dict) -> dict:
-    if "function" in tool and isinstance(tool["function"], dict):  # OpenAI {"type": "function", "function": {...}}
-        tool = tool["function"]
+    if not isinstance(tool, dict):
+        raise ValueError(f"a tool is a {type(tool).__name__}, not an object")
+    tool = unwrap_tool(tool)
     if not isinstance(tool.get("name"), str):
         raise ValueError(f"a tool without a name: {json.dumps(tool)[:120]}")
     params = tool.get("parameters") or {"type": "object", "properties": {}}
@@ -77,7 +96,56 @@ def normalize_tool(tool: dict) -> dict:
 
 
 def from_ours(row: dict) -> list[dict]:
+    """The row itself; TRL's "prompt" stands for "messages", and a row without ground_truth
+    whose assistant turns carry tool_calls is read as an `openai` row."""
+    messages = openai_messages(row)
+    if "ground_truth" not in row and isinstance(messages, list) and any(
+            isinstance(m, dict) and (m.get("tool_calls") or m.get("function_call")) for m in messages):
+        return from_openai(row)
+    if "messages" not in row and "prompt" in row:
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        row = {("messages" if k == "prompt" else k): (messages if k == "prompt" else v) for k, v in row.items()}
     return [row]
+
+
+def from_openai(row: dict) -> list[dict]:
+    """One task per assistant turn with tool_calls, after a user turn: the turns before it are
+    the context, its calls (arguments parsed) the ground truth. Earlier calls stay in the
+    context as text in the answer format the model is trained on (`<tool_call>[...]</tool_call>`),
+    so every message is a plain {"role", "content"}. Assistant turns without calls are context
+    only, as in the other conversation formats."""
+    messages = openai_messages(row)
+    if not isinstance(messages, list):
+        raise ValueError("an openai row needs 'messages' (or TRL's 'prompt' + 'completion'): a list of messages")
+    if "tools" not in row:
+        raise ValueError("an openai row needs a 'tools' column: the tools its calls are checked against")
+    raw_tools = _json_field(row, "tools")
+    if not isinstance(raw_tools, list):
+        raise ValueError("key 'tools' must be a list of tools")
+    tools = [normalize_tool(t) for t in raw_tools]
+    tasks, history = [], []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise ValueError(f"a message is a {type(m).__name__}, not an object")
+        role, content = m.get("role"), message_text(m.get("content"))
+        calls = openai_calls(m)
+        if role == "assistant" and calls:
+            calls = [openai_call(c) for c in calls]
+            if next((h["role"] for h in history if h["role"] != "system"), None) == "user":
+                tasks.append({"messages": list(history), "tools": tools, "ground_truth": calls})
+            text = f"<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
+            history.append({"role": "assistant", "content": f"{content}\n{text}" if content.strip() else text})
+        elif role in ROLES:
+            history.append({"role": ROLES[role], "content": content})
+        else:
+            raise ValueError(f"a message has role {role!r}; expected system, developer, user, assistant or tool")
+    if not tasks:
+        raise ValueError("no assistant turn with tool_calls after a user turn")
+    extras = {"category": row["category"]} if isinstance(row.get("category"), str) else {}
+    if row.get("id") is not None:
+        return [{**t, **extras, "id": str(row["id"]) + (f":{k}" if len(tasks) > 1 else "")} for k, t in enumerate(tasks)]
+    return [{**t, **extras} for t in tasks]
 
 
 def from_xlam(row: dict) -> list[dict]:
@@ -117,7 +185,8 @@ def from_bfcl(row: dict) -> list[dict]:
     return [bfcl.to_task(entry)]
 
 
-FORMATS = {"ours": from_ours, "toolace": from_toolace, "xlam": from_xlam, "hermes": from_hermes, "bfcl": from_bfcl}
+FORMATS = {"ours": from_ours, "toolace": from_toolace, "xlam": from_xlam, "hermes": from_hermes, "bfcl": from_bfcl,
+           "openai": from_openai}
 
 
 def convert(row: object, fmt: str) -> list[dict]:
@@ -150,6 +219,60 @@ def conversation_tasks(turns: list[dict], tools: list[dict], parse_calls, roles:
     if not tasks:
         raise ValueError("no assistant turn with tool calls that parse")
     return tasks
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+         "function": "tool"}  # developer: OpenAI's newer name for system; function: its legacy tool result
+
+
+def openai_messages(row: dict):
+    """An OpenAI/TRL row's conversation: "messages", or TRL's "prompt" + "completion" lists."""
+    if "messages" in row:
+        return row["messages"]
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list):
+        return prompt + (completion if isinstance(completion, list) else [])
+    return None
+
+
+def openai_calls(message: dict) -> list | None:
+    """An assistant message's calls: "tool_calls", or OpenAI's legacy single "function_call"."""
+    calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else None)
+    if calls is not None and not isinstance(calls, list):
+        raise ValueError(f"tool_calls is a {type(calls).__name__}, not a list")
+    return calls
+
+
+def openai_call(call) -> dict:
+    """{"type": "function", "function": {"name", "arguments"}} (or the inner object) -> {"name", "arguments": dict}."""
+    fn = call.get("function") if isinstance(call, dict) and isinstance(call.get("function"), dict) else call
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ValueError(f"a tool call without a function name: {str(call)[:120]}")
+    arguments = fn.get("arguments")
+    if arguments is None or arguments == "":
+        arguments = {}
+    elif isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"the arguments of call {fn['name']!r} are not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"the arguments of call {fn['name']!r} are a {type(arguments).__name__}, not an object")
+    return {"name": fn["name"], "arguments": arguments}
+
+
+def message_text(content) -> str:
+    """A message's content as text: a string, None (an assistant turn with only calls), or
+    OpenAI's content parts [{"type": "text", "text"}]; a tool result given as JSON is dumped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        return "".join(p["text"] for p in content if isinstance(p.get("text"), str))
+    if isinstance(content, (dict, list, int, float, bool)):
+        return json.dumps(content, ensure_ascii=False)
+    raise ValueError(f"a message's content is a {type(content).__name__}")
 
 
 def parse_bracket_calls(text: str) -> list[dict] | None:
