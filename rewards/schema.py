@@ -13,7 +13,7 @@ import json
 from jsonschema.exceptions import SchemaError
 from referencing.exceptions import Unresolvable
 
-from rewards.base import Scores
+from rewards.base import Scores, reports_reasons
 from rewards.parsing import parse
 from tools.validation import PatternTimeout, first_error, pattern_budget, schema_validator
 
@@ -80,6 +80,7 @@ def score_calls(calls: list[dict], offered) -> tuple[float, str | None]:
     return 1.0 - len(bad) / len(errors), (bad[0] if bad else None)
 
 
+@reports_reasons
 def schema_validity_reward(completions: list, tools: list, parser: str = "tool_n1", lenient: bool = False,
                            **kwargs) -> list[float]:
     """Share of the answer's calls that are valid against the offered tools' schemas, in

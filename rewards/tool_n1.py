@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from rewards.base import Scores
+from rewards.base import Scores, reports_reasons
 from rewards.parsing import completion_text, parse, parse_ground_truth
 
 
@@ -43,6 +43,7 @@ def score_tool_n1(completion, ground_truth: object, parser: str = "tool_n1", len
     return (1.0 if reason is None else 0.0), reason
 
 
+@reports_reasons
 def tool_n1_reward(completions: list[str], ground_truth: list, parser: str = "tool_n1", lenient: bool = False,
                    **kwargs) -> list[float]:
     """TRL reward signature. `ground_truth[i]`: list of {"name", "arguments"} or its JSON string.
@@ -51,12 +52,14 @@ def tool_n1_reward(completions: list[str], ground_truth: list, parser: str = "to
     return Scores([s for s, _ in scored], [r for _, r in scored])
 
 
+@reports_reasons
 def format_reward(completions: list[str], parser: str = "tool_n1", lenient: bool = False, **kwargs) -> list[float]:
     """1 if the completion is well formed (think + JSON list of calls for tool_n1), whatever the calls."""
     parsed = [parse(c, parser, lenient) for c in completions]
     return Scores([p.calls is not None for p in parsed], [p.reason for p in parsed])
 
 
+@reports_reasons
 def tool_n1_partial_reward(completions: list[str], ground_truth: list, name_credit: float = 0.2, parser: str = "tool_n1",
                            lenient: bool = False, **kwargs) -> list[float]:
     """The partial-credit variant of Tool-N1's reward ablation: 1 for an exact match,
@@ -72,6 +75,7 @@ def tool_n1_partial_reward(completions: list[str], ground_truth: list, name_cred
     return Scores(values, reasons)
 
 
+@reports_reasons
 def length_penalty(completions: list[str], soft_chars: int = 400, hard_chars: int = 800, **kwargs) -> list[float]:
     """0 up to soft_chars characters, then linearly down to -1 at hard_chars (DAPO's overlong
     shaping, in characters so that it needs no tokenizer)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rewards.base import Scores
+from rewards.base import Scores, reports_reasons
 from rewards.parsing import parse, parse_ground_truth
 from rewards.tool_n1 import canonical
 
@@ -64,12 +64,14 @@ def _same(a, b) -> bool:
     return canonical({"name": "", "arguments": {"v": a}}) == canonical({"name": "", "arguments": {"v": b}})
 
 
+@reports_reasons
 def toolrl_format_reward(completions: list, parser: str = "tool_n1", lenient: bool = False, **kwargs) -> list[float]:
     """1 for a well-formed <think> + <tool_call>[...] answer, else 0."""
     parsed = [parse(c, parser, lenient) for c in completions]
     return Scores([p.calls is not None for p in parsed], [p.reason for p in parsed])
 
 
+@reports_reasons
 def toolrl_correctness_reward(completions: list, ground_truth: list, parser: str = "tool_n1", lenient: bool = False,
                               **kwargs) -> list[float]:
     """R_correct in [-3, 3]; reason set wherever it is below 3."""
@@ -86,6 +88,7 @@ def toolrl_correctness_reward(completions: list, ground_truth: list, parser: str
     return Scores(values, reasons)
 
 
+@reports_reasons
 def toolrl_reward(completions: list, ground_truth: list, parser: str = "tool_n1", lenient: bool = False,
                   **kwargs) -> list[float]:
     """R_format + R_correct in [-3, 4]."""

@@ -98,23 +98,22 @@ class AlgoConfig:
 
 
 @dataclass
-class RewardFunction:
-    name: Optional[str] = None  # built-in or entry-point name
-    _target_: Optional[str] = None  # or any importable function
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)  # bound to the function, e.g. {name_credit: 0.5}
-
-
-@dataclass
 class RewardConfig:
-    functions: list[RewardFunction] = field(default_factory=lambda: [RewardFunction(name="tool_n1")])
+    # Each entry a mapping, checked by rewards.combine when the run starts (unknown keys and
+    # kwargs with a suggestion, the function's signature, weight, completions):
+    #   {name: tool_n1, weight: 1.0, kwargs: {...}, completions: text}    built-in or plugin
+    #   {_target_: pkg.mod.fn, weight: 0.5}                                 any importable function
+    #   {_target_: pkg.mod.factory, arg: 1, ...}                            factory(arg=1, ...) is the reward
+    #   {_target_: pkg.mod.fn, _partial_: true, arg: 1}                     fn with arg=1 bound (Hydra's partial)
+    # Entries carry a factory's own arguments as keys, which a typed schema cannot list.
+    functions: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "tool_n1"}])
     exact_match: str = "tool_n1"  # the function reported as eval/exact_match
 
 
 @dataclass
 class DataConfig:
     name: str = "synthetic"  # synthetic | jsonl | hub | bfcl (BFCL's categories, eval only)
-    path: Optional[str] = None  # jsonl file or hub dataset id (our row format)
+    path: Optional[str] = None  # jsonl: a .jsonl file; hub: a hub id, save_to_disk folder, or .parquet/.json/.csv/.arrow/.jsonl file
     eval_path: Optional[str] = None  # held-out file/id; default: a seeded split of path
     split: str = "train"
     n_train: int = 2000  # synthetic sizes; for files, n_eval rows are held out if no eval_path
@@ -126,7 +125,7 @@ class DataConfig:
     bfcl_disjoint: bool = False  # synthetic: rename tools so no function name is also one of BFCL's
     builtin_tools: bool = False  # synthetic: also tasks over the executable built-in tools (calculator, units, dates)
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
-    format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl (envs/formats.py)
+    format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl | openai (envs/formats.py)
     filter: bool = True  # Tool-N1's filter: drop rows whose gold calls do not validate against their own tools
     max_skipped_share: float = 0.5  # jsonl/hub: skipping more of a file's rows than this is an error, not a log line
     stratify: bool = False  # training batches cycle through the rows' categories (same share of each per batch)
@@ -216,7 +215,7 @@ def register() -> None:
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name="_schema", node=schema)
     for name in plugins():
-        cs.store(group="reward", name=name, node=RewardConfig(functions=[RewardFunction(name=name)], exact_match=name))
+        cs.store(group="reward", name=name, node=RewardConfig(functions=[{"name": name}], exact_match=name))
 
 
 register()

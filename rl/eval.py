@@ -24,13 +24,14 @@ from envs.types import SamplingParams
 
 
 def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampling: SamplingParams, batch: int,
-             k: int = 1, dist=None):
+             k: int = 1, dist=None, trainer_state=None):
     """Returns (metrics, generations): metrics has eval/<reward> overall and per category,
     eval/exact_match, and the share of each failure reason of the exact-match reward.
     k = 1: one greedy answer per task. k > 1: k samples at sampling.temperature, and
     eval/pass@k (some sample exact) and eval/mean@k (mean exact match over samples).
     With `dist` (a Dist under torchrun) each rank answers its share and the generations are
-    gathered: every rank returns the metrics of the whole set."""
+    gathered: every rank returns the metrics of the whole set. `trainer_state` is what the
+    rewards get as trainer_state (a rewards.combine.TrainerState; None: step 0)."""
     params = sampling if k > 1 else SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     generations = []
     tasks = dist.share(tasks) if dist is not None else tasks
@@ -38,7 +39,7 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
     for i in range(0, len(tasks), tasks_per_chunk):
         chunk = tasks[i : i + tasks_per_chunk]
         rollouts = env.rollout(engine, chunk, k, params)  # [len(chunk) * k], a task's k samples contiguous
-        scored = reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
+        scored = reward_fn(**reward_inputs(rollouts, getattr(env, "tokenizer", None), trainer_state))
         for j, r in enumerate(rollouts):
             generations.append({
                 "id": r.task.get("id"), "category": r.task.get("category", "default"), "sample": j % k,
@@ -100,6 +101,23 @@ def columns(tasks: list[dict]) -> dict[str, list]:
     """Dataset columns as keyword lists, the way TRL hands them to reward functions."""
     keys = {k for t in tasks for k in t}
     return {k: [t.get(k) for t in tasks] for k in keys}
+
+
+def reward_inputs(rollouts, tokenizer=None, trainer_state=None) -> dict:
+    """The keywords of a reward call for a batch of rollouts, TRL's: completions (texts),
+    prompts (the rendered prompt text, decoded once per distinct prompt, special tokens kept;
+    None without a tokenizer), completion_ids, trainer_state and the dataset columns."""
+    rendered: dict[tuple, str] = {}
+    if tokenizer is not None:
+        for r in rollouts:
+            key = tuple(r.prompt)
+            if key not in rendered:
+                rendered[key] = tokenizer.decode(r.prompt, skip_special_tokens=False)
+    return {**columns([r.task for r in rollouts]),
+            "completions": [r.text for r in rollouts],
+            "prompts": [rendered[tuple(r.prompt)] for r in rollouts] if tokenizer is not None else None,
+            "completion_ids": [list(r.completion) for r in rollouts],
+            "trainer_state": trainer_state}
 
 
 def count_reasons(reasons) -> dict[str, int]:

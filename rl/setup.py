@@ -80,6 +80,7 @@ def check_config(cfg, world: int) -> None:
             raise ValueError(f"{key}={value}: use {want}")
     algo_.check(cfg.algo, t.batch_size, world)
     check_world(cfg, world)
+    WeightedReward(list(cfg.reward.functions))  # every reward resolves: names, keys, kwargs, signatures
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Setup:
             env=make_env(cfg.env, tokenizer),
             train_tasks=train_tasks,
             eval_tasks=eval_tasks,
-            reward_fn=WeightedReward(list(cfg.reward.functions)),
+            reward_fn=WeightedReward(list(cfg.reward.functions),  # columns: for the check of required parameters
+                                     columns={k for t in (*train_tasks, *eval_tasks) for k in t}),
             sampling=SamplingParams(s.temperature, s.top_p, s.max_new_tokens, tuple(s.stop)),
             logger=logger,
             device=dist.device,

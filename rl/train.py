@@ -46,7 +46,7 @@ from rl import config as _schemas  # noqa: F401  registers the config schemas wi
 from rl import algo as algo_
 from rl.advantages import zero_variance_share
 from rl.batching import collate, even_out, token_budget_chunks
-from rl.eval import columns, count_reasons, evaluate, evaluate_bfcl
+from rl.eval import count_reasons, evaluate, evaluate_bfcl, reward_inputs
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics
 from rl.optim import make_optimizer
@@ -54,6 +54,7 @@ from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import warm_up
 from envs.datasets import TaskStream
+from rewards.combine import TrainerState
 
 log = logging.getLogger("rl.train")
 
@@ -108,7 +109,8 @@ def train(cfg: DictConfig) -> dict:
     for step in progress(range(start + 1, cfg.trainer.steps + 1), enabled=cfg.logger.console and dist.main):
         t0 = time.perf_counter()
         rollouts, scored, sampled = algo_.collect(  # B*G (this rank's B / world prompts), groups contiguous
-            lambda tasks: sample_and_score(s, tasks, G, timings), lambda: dist.share(data.next_batch()), algo, dist)
+            lambda tasks: sample_and_score(s, tasks, G, timings, TrainerState(step - 1, cfg.trainer.steps)),
+            lambda: dist.share(data.next_batch()), algo, dist)
         t_gen = time.perf_counter()
         rewards = algo_.shaped_rewards(scored, rollouts, algo, weights)  # [B*G]
         stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings)
@@ -157,12 +159,12 @@ def held_out_eval(cfg, s, eval_tasks) -> dict:
     return metrics
 
 
-def sample_and_score(s, tasks: list[dict], G: int, timings: Timings | None = None):
+def sample_and_score(s, tasks: list[dict], G: int, timings: Timings | None = None, trainer_state=None):
     timings = timings or Timings()
     with timings("generate"):
         rollouts = s.env.rollout(s.engine, tasks, G, s.sampling)  # len(tasks) * G, groups contiguous
     with timings("reward"):
-        return rollouts, s.reward_fn([r.text for r in rollouts], **columns([r.task for r in rollouts]))
+        return rollouts, s.reward_fn(**reward_inputs(rollouts, s.tokenizer, trainer_state))
 
 
 def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timings | None = None) -> dict:
