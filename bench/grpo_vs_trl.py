@@ -189,6 +189,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn, seconds: list[float], device):
+    """fn, appending each call's wall time (device synchronised) to `seconds`."""
+    def wrapped(*args, **kwargs):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+        return out
+
+    return wrapped
+
+
 def peak_memory(device: str, engine_children: bool = False) -> dict:
     import torch
 
@@ -286,17 +299,7 @@ def run_ours(a, w: dict, prompts) -> dict:
     engine = make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed)
     force_length(engine, w["completion_len"])
     gen_times: list[float] = []
-    generate = engine.generate
-
-    def timed_generate(*args, **kwargs):
-        sync(w["device"])
-        t0 = time.perf_counter()
-        out = generate(*args, **kwargs)
-        sync(w["device"])
-        gen_times.append(time.perf_counter() - t0)
-        return out
-
-    engine.generate = timed_generate
+    engine.generate = timed(engine.generate, gen_times, w["device"])
     smp = cfg.algo.sampling
     s = Setup(policy=policy, tokenizer=tokenizer, engine=engine, env=FixedPromptEnv(tokenizer), train_tasks=[],
               eval_tasks=[], reward_fn=WeightedReward([{"_target_": f"{__name__}.length_reward", "name": "length"}]),
@@ -366,18 +369,8 @@ def run_trl(a, w: dict, prompts) -> dict:
     if [list(ids) for ids in got] != [ids for ids, _ in prompts]:
         raise RuntimeError("trl: the prompt texts do not tokenize back to the shared prompt ids")
 
-    gen_times: list[float] = []
-    generate = trainer._generate_single_turn  # transformers generate (use_vllm=False)
-
-    def timed_generate(*args_, **kwargs):
-        sync(w["device"])
-        t0 = time.perf_counter()
-        out = generate(*args_, **kwargs)
-        sync(w["device"])
-        gen_times.append(time.perf_counter() - t0)
-        return out
-
-    trainer._generate_single_turn = timed_generate
+    gen_times: list[float] = []  # transformers generate (use_vllm=False)
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, gen_times, w["device"])
     step_s, gen_s = [], []
 
     class StepTimer(TrainerCallback):
