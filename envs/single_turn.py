@@ -32,11 +32,33 @@ def gold_answer(task: dict) -> str:
     return f"<think>{think}</think>\n<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
 
 
+def template_tools(tools: list[dict]) -> list[dict]:
+    """Tools in the shape chat templates expect (transformers' and OpenAI's): {"type": "function", "function": {...}}."""
+    return [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t} for t in tools]
+
+
+PROBE_TOOL = {"name": "toolcall_rl_probe_tool", "description": "probe", "parameters": {"type": "object", "properties": {}}}
+
+
+def check_template_renders_tools(tokenizer) -> None:
+    """env.use_template_tools needs a chat template that renders `tools=`; one that ignores
+    them (SmolLM2's) would give prompts with no tools and no instructions, silently."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=template_tools([PROBE_TOOL]),
+                                             add_generation_prompt=True, tokenize=False)
+    if PROBE_TOOL["name"] not in rendered:
+        name = getattr(tokenizer, "name_or_path", "this model")
+        raise ValueError(f"env.use_template_tools=true, but the chat template of {name} ignores `tools`: its prompts "
+                         "would hold no tools and no instructions. Set env.use_template_tools=false (the Tool-N1 "
+                         "system prompt lists the tools), or use a model whose template renders tools (Qwen2.5, Llama-3.1, ...)")
+
+
 class SingleTurnEnv:
     def __init__(self, tokenizer, system_prompt: str | None = None, use_template_tools: bool = False):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt or TOOL_N1_SYSTEM
         self.use_template_tools = use_template_tools
+        if use_template_tools:
+            check_template_renders_tools(tokenizer)
 
     def reset(self, task: dict) -> list[dict]:
         """The chat up to the assistant turn. With use_template_tools the tokenizer's chat
@@ -48,7 +70,7 @@ class SingleTurnEnv:
         return [{"role": "system", "content": system}, *messages]
 
     def prompt_ids(self, task: dict) -> list[int]:
-        kwargs = {"tools": task["tools"]} if self.use_template_tools else {}
+        kwargs = {"tools": template_tools(task["tools"])} if self.use_template_tools else {}
         ids = self.tokenizer.apply_chat_template(self.reset(task), add_generation_prompt=True, tokenize=True, **kwargs)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 

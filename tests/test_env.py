@@ -1,5 +1,6 @@
 """The single-turn env renders the Tool-N1 system prompt, or hands tools to the chat template."""
 
+import pytest
 from transformers import AutoTokenizer
 
 from envs.single_turn import SingleTurnEnv, gold_answer
@@ -25,13 +26,18 @@ def test_tool_n1_prompt_lists_the_tools_as_json():
 def test_template_tools_go_to_the_chat_template():
     tok = tokenizer()
     tok.chat_template = (
-        "{% for t in tools %}TOOL:{{ t['name'] }}\n{% endfor %}"
+        "{% for t in tools %}TOOL:{{ t['function']['name'] }}\n{% endfor %}"
         "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}assistant:"
     )
     env = SingleTurnEnv(tok, use_template_tools=True)
     text = tok.decode(env.prompt_ids(TASK))
     assert all(f"TOOL:{t['name']}" in text for t in TASK["tools"])
     assert "<tools>" not in text
+
+
+def test_a_template_that_ignores_tools_is_refused():
+    with pytest.raises(ValueError, match="env.use_template_tools=true, but the chat template of .* ignores `tools`"):
+        SingleTurnEnv(tokenizer(), use_template_tools=True)  # SmolLM2's template has no tools
 
 
 def test_custom_system_prompt_gets_the_tools():
