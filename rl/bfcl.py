@@ -16,6 +16,7 @@ Scoring follows BFCL's eval runner: a completion is decoded to `[{"func": {"arg"
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from functools import lru_cache
@@ -46,18 +47,63 @@ def checker():
     return ast_checker, Language
 
 
-def decode(completion: str) -> list[dict] | None:
-    """Our completion -> BFCL's decoded form [{"func": {"arg": value}}]; None if it does not parse."""
-    parsed = parse(completion, "tool_n1", lenient=True)
-    if parsed.calls is None:
+FORMATS = ("tool_n1", "hermes", "bfcl", "auto")  # what `decode` reads; auto tries them in that order
+
+
+def decode(completion, fmt: str = "tool_n1", category: str = "simple_python") -> list[dict] | None:
+    """A completion -> BFCL's decoded form [{"func": {"arg": value}}]; None if it does not parse.
+    fmt: tool_n1 (our answer format), hermes (<tool_call>{...}</tool_call> per call), bfcl
+    (BFCL's prompting format `[f(a=1), g(b="x")]`, decoded by bfcl_eval's own decoder), or auto.
+    A list is taken as already decoded, as in BFCL's result files of function-calling models
+    ([{"func": {...}}] or [{"func": "<JSON arguments>"}])."""
+    if isinstance(completion, list):
+        return _decoded_list(completion)
+    if not isinstance(completion, str):
         return None
-    return [{c["name"]: c["arguments"]} for c in parsed.calls]
+    found = [_decode_bfcl(completion, category) if f == "bfcl" else _decode_ours(completion, f)
+             for f in (("tool_n1", "hermes", "bfcl") if fmt == "auto" else (fmt,))]
+    # auto: the first format that finds calls; else the first that reads the text at all (an explicit [])
+    return next((d for d in found if d), next((d for d in found if d is not None), None))
 
 
-def score_entry(entry: dict, completion: str) -> dict:
+def _decode_ours(completion: str, parser: str) -> list[dict] | None:
+    parsed = parse(completion, parser, lenient=True)
+    return None if parsed.calls is None else [{c["name"]: c["arguments"]} for c in parsed.calls]
+
+
+def _decode_bfcl(completion: str, category: str) -> list[dict] | None:
+    checker()  # the stand-in model table first
+    from bfcl_eval.constants.enums import ReturnFormat
+    from bfcl_eval.model_handler.utils import default_decode_ast_prompting
+
+    try:
+        decoded = default_decode_ast_prompting(completion, ReturnFormat[language(category).upper()])
+    except Exception:  # noqa: BLE001  BFCL's decoder raises whatever ast raises: not a call list
+        return None
+    return _decoded_list(decoded)
+
+
+def _decoded_list(items: list) -> list[dict] | None:
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or len(item) != 1:
+            return None
+        (name, args), = item.items()
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return None
+        if not isinstance(name, str) or not isinstance(args, dict):
+            return None
+        out.append({name: args})
+    return out
+
+
+def score_entry(entry: dict, completion, fmt: str = "tool_n1") -> dict:
     """{"valid": bool, "error_type": str | None} as BFCL's runner would give it."""
     category = entry["category"]
-    decoded = decode(completion)
+    decoded = decode(completion, fmt, category)
     if "irrelevance" in category:
         has_call = bool(decoded) and any(decoded)
         return {"valid": not has_call, "error_type": "irrelevance_error:decoder_success" if has_call else None}
@@ -69,10 +115,10 @@ def score_entry(entry: dict, completion: str) -> dict:
     return {"valid": bool(result["valid"]), "error_type": None if result["valid"] else result.get("error_type")}
 
 
-def score(category: str, predictions: dict[str, str], entries: list[dict] | None = None) -> dict:
+def score(category: str, predictions: dict, entries: list[dict] | None = None, fmt: str = "tool_n1") -> dict:
     """Accuracy over every entry of the category; ids without a prediction count as wrong."""
     entries = entries if entries is not None else load_category(category)
-    results = [score_entry(e, predictions[e["id"]]) if e["id"] in predictions
+    results = [score_entry(e, predictions[e["id"]], fmt) if e["id"] in predictions
                else {"valid": False, "error_type": "missing_prediction"} for e in entries]
     return summarize(category, results)
 

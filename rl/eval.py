@@ -175,20 +175,23 @@ def score_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m rl.eval score", description=score_main.__doc__)
     p.add_argument("--category", required=True, help=f"one of {bfcl.SINGLE_TURN}")
-    p.add_argument("--predictions", required=True, help='JSONL: {"id": <BFCL id>, "completion": <raw model text>}')
+    p.add_argument("--predictions", required=True,
+                   help='JSONL: {"id": <BFCL id>, "completion": <raw model text>}, or a BFCL result file ({"id", "result"})')
+    p.add_argument("--format", default="auto", choices=bfcl.FORMATS,
+                   help="how completions are written: tool_n1 (ours), hermes, bfcl ([f(a=1)]), or auto (try each)")
     p.add_argument("--out", required=True, help="where to write the result JSON")
     args = p.parse_args(argv)
     predictions = {}
-    for n, line in enumerate(Path(args.predictions).read_text().splitlines(), 1):
+    for n, line in enumerate(Path(args.predictions).read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            predictions[row["id"]] = row["completion"]
+            predictions[row["id"]] = row["completion"] if "completion" in row else row["result"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SystemExit(f"{args.predictions}:{n}: each line must be a JSON object with keys id and completion "
-                             f"({type(e).__name__}: {e})") from None
-    result = bfcl.score(args.category, predictions)
+                             f"(or BFCL's id and result) ({type(e).__name__}: {e})") from None
+    result = bfcl.score(args.category, predictions, fmt=args.format)
     Path(args.out).write_text(json.dumps({k: result[k] for k in ("category", "n", "correct", "accuracy")}, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -117,3 +117,40 @@ def test_model_eval_on_bfcl_categories(tiny):
     assert set(metrics) == {"bfcl/simple_python", "bfcl/irrelevance", "bfcl/mean"}
     assert len(generations) == 4 and all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["bfcl/simple_python"] == sum(g["valid"] for g in generations[:2]) / 2
+
+
+def _python_call(call: dict) -> str:
+    return f"{call['name']}(" + ", ".join(f"{k}={v!r}" for k, v in call["arguments"].items()) + ")"
+
+
+def native_answers(task: dict) -> dict:
+    """The same gold calls in each format `score` reads."""
+    calls = task["ground_truth"]
+    return {
+        "hermes": "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in calls),
+        "bfcl": "[" + ", ".join(_python_call(c) for c in calls) + "]",
+        "result": [{c["name"]: json.dumps(c["arguments"])} for c in calls],  # a BFCL result file of an FC model
+    }
+
+
+@pytest.mark.parametrize("category", ["simple_python", "multiple", "parallel"])
+@pytest.mark.parametrize("fmt", ["hermes", "bfcl", "result"])
+def test_native_formats_and_bfcl_result_files_score_100_percent(category, fmt):
+    entries = bfcl.load_category(category)[:20]
+    answers = {e["id"]: native_answers(bfcl.to_task(e))[fmt] for e in entries}
+    for mode in ([fmt, "auto"] if fmt != "result" else ["auto"]):
+        result = bfcl.score(category, answers, entries, fmt=mode)
+        assert result["correct"] == len(entries), (mode, result["errors"])
+    if fmt == "bfcl":  # our own parser does not read BFCL's format: the format matters
+        assert bfcl.score(category, answers, entries, fmt="tool_n1")["correct"] == 0
+
+
+def test_score_command_reads_a_bfcl_result_file(tmp_path):
+    entries = bfcl.load_category("simple_python")[:5]
+    preds = tmp_path / "BFCL_v4_simple_python_result.json"
+    preds.write_text("\n".join(json.dumps({"id": e["id"], "result": native_answers(bfcl.to_task(e))["bfcl"]})
+                               for e in entries))
+    out = tmp_path / "r.json"
+    subprocess.run([sys.executable, "-m", "rl.eval", "score", "--category", "simple_python", "--predictions", str(preds),
+                    "--out", str(out)], check=True, capture_output=True)
+    assert json.loads(out.read_text())["correct"] == 5
