@@ -83,6 +83,7 @@ SPEC_KEYS = ("name", "_target_", "_partial_", "weight", "kwargs", "completions")
 SHAPES = ("text", "messages")  # values of `completions`
 PASSED = ("prompts", "completions", "completion_ids", "trainer_state")  # keywords every call has, besides columns
 SIGNATURE = "fn(prompts, completions, completion_ids, **columns) -> list[float]"
+CALL_KEYWORDS = frozenset({"prompts", "completions", "completion_ids"})  # a reward function names one of them
 
 
 @dataclass
@@ -124,9 +125,8 @@ def completion_shape(name: str, spec: Mapping) -> str:
 def check_kwargs(name: str, fn: RewardFn, kwargs: dict, what: str = "kwarg") -> None:
     """Configured kwargs must be parameters that `fn` names: `**kwargs` takes the dataset
     columns, so a typo there would be silently ignored. Raises ValueError at start-up."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # no signature to check (some builtins and C functions)
+    params = _parameters(fn)
+    if params is None:  # no signature to check (some builtins and C functions)
         return
     named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     accepted = [n for n in named[1:] if n != "completions"] if named and named[0] == "completions" else named
@@ -140,12 +140,11 @@ def check_kwargs(name: str, fn: RewardFn, kwargs: dict, what: str = "kwarg") -> 
 def check_signature(name: str, fn: RewardFn, columns: Iterable[str] | None = None) -> None:
     """Refuse, at start-up, a function that TRL's keyword call cannot call (see the module
     docstring); `columns` None: the dataset's columns are unknown, any name may be one."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # no signature to check: the first call will tell
+    params = _parameters(fn)
+    if params is None:  # no signature to check: the first call will tell
         return
     required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if not any(p.kind is p.VAR_KEYWORD for p in params) and not {p.name for p in params} & {"prompts", "completions", "completion_ids"}:
+    if not _has_var_keyword(fn) and not _takes_completions(fn):
         args = f" ({', '.join(p.name for p in required)})" if required else ""
         problems = [f"it takes none of prompts, completions, completion_ids and has no **kwargs; if it is a factory, give "
                     f"its arguments{args} as keys of the entry, beside _target_"]
@@ -166,6 +165,14 @@ def check_signature(name: str, fn: RewardFn, columns: Iterable[str] | None = Non
                          f"def my_reward(completions, **kwargs)")
 
 
+def _parameters(fn) -> list[inspect.Parameter] | None:
+    """fn's parameters, or None where it has no signature to read."""
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
 def _label(fn) -> str:
     fn = fn.func if isinstance(fn, functools.partial) else fn
     return getattr(fn, "__qualname__", None) or type(fn).__name__
@@ -176,11 +183,8 @@ def _keywords(fn: RewardFn) -> tuple[frozenset[str] | None, frozenset[str]]:
     read, else the parameters it names; the keywords never passed: those a partial binds, so
     that config wins over a dataset column of the same name)."""
     bound = frozenset(fn.keywords) if isinstance(fn, functools.partial) else frozenset()
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None, bound
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    params = _parameters(fn)
+    if params is None or _has_var_keyword(fn):
         return None, bound
     return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - bound, bound
 
@@ -252,17 +256,14 @@ def _instantiate(name: str, target: str, fn: Callable, arguments: dict, partial:
 
 
 def _has_var_keyword(fn) -> bool:
-    try:
-        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return True
+    """True where fn takes **kwargs, or has no signature to read."""
+    params = _parameters(fn)
+    return params is None or any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _takes_completions(fn) -> bool:
-    try:
-        return bool({"prompts", "completions", "completion_ids"} & set(inspect.signature(fn).parameters))
-    except (TypeError, ValueError):
-        return False
+    params = _parameters(fn)
+    return params is not None and bool(CALL_KEYWORDS & {p.name for p in params})
 
 
 @dataclass
