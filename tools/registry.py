@@ -17,9 +17,9 @@ name in REGISTRY or under the entry-point group `toolcall_rl.tools`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
-from typing import Callable
+from typing import Callable, Hashable, Protocol
 
 from transformers.utils import get_json_schema
 
@@ -31,6 +31,8 @@ class Tool:
     fn: Callable
     schema: dict  # {"type": "function", "function": {"name", "description", "parameters"}}
     isolated: bool = True  # run in a separate process under limits; False for trusted, stateful tools
+    serial: Hashable | None = None  # in-process calls sharing this key run one at a time, in call order (one
+    # stateful instance); the others of a turn run concurrently
 
     @property
     def name(self) -> str:
@@ -40,6 +42,9 @@ class Tool:
     def spec(self) -> dict:
         f = self.schema["function"]
         return {"name": f["name"], "description": f.get("description", ""), "parameters": f["parameters"]}
+
+    def with_serial(self, key: Hashable) -> "Tool":
+        return replace(self, serial=key)
 
     @classmethod
     def from_function(cls, fn: Callable, isolated: bool = True, name: str | None = None) -> "Tool":
@@ -51,6 +56,27 @@ class Tool:
         if name:
             schema["function"]["name"] = name
         return cls(fn=fn, schema=schema, isolated=isolated)
+
+
+class EpisodeTools(Protocol):
+    """The tools of one episode: fresh stateful instances for it, shared stateless tools."""
+
+    tools: dict[str, Tool]  # name -> Tool
+
+    def state(self) -> dict:  # JSON-able final state of the episode's stateful instances ({} if none)
+        ...
+
+    def close(self) -> None: ...
+
+
+class ToolSource(Protocol):
+    """Where an env's tools come from (one entry of env.tools)."""
+
+    def specs(self, task: dict | None = None) -> list[dict]:  # plain {"name", "description", "parameters"} specs
+        ...
+
+    def episode(self, task: dict) -> EpisodeTools:  # called once per episode
+        ...
 
 
 REGISTRY: dict[str, Tool] = {}
