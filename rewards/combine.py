@@ -39,6 +39,9 @@ signature. What the keywords hold, per entry's `completions`:
                                  and accuracy_reward read completion[0]["content"]: they
                                  need this.
     completion_ids               the completion's token ids (multi-turn: tool output tokens too)
+    episodes                     multi-turn envs: each completion's episode (turns, calls,
+                                 results, final answer, final state; envs/multi_turn.py),
+                                 None for single-turn rollouts (rewards/episode.py reads it)
     trainer_state                an object with .global_step (RL steps done) and .max_steps,
                                  the fields of TRL's TrainerState that reward schedules read
     **columns                    the task's fields (ground_truth, tools, messages, ...), one
@@ -63,6 +66,7 @@ from typing import Callable
 
 from hydra.utils import get_method, instantiate
 
+from rewards.episode import call_sequence, final_answer, final_state, tool_errors, turn_cost
 from rewards.schema import schema_validity_reward
 from rewards.tool_n1 import format_reward, length_penalty, tool_n1_partial_reward, tool_n1_reward
 from rewards.toolrl import toolrl_correctness_reward, toolrl_format_reward, toolrl_reward
@@ -77,11 +81,16 @@ REWARDS: dict[str, RewardFn] = {
     "toolrl_correctness": toolrl_correctness_reward,  # [-3, 3]
     "schema_validity": schema_validity_reward,  # [0, 1]
     "length_penalty": length_penalty,  # [-1, 0]
+    "final_answer": final_answer,  # [0, 1] multi-turn: the episode's final answer
+    "call_sequence": call_sequence,  # [0, 1] multi-turn: the calls of all turns vs ground_truth
+    "final_state": final_state,  # [0, 1] multi-turn: expected_state is a subset of the final state
+    "turn_cost": turn_cost,  # <= 0 multi-turn: per turn / per call
+    "tool_errors": tool_errors,  # <= 0 multi-turn: per failed call
 }
 ENTRY_POINT_GROUP = "toolcall_rl.rewards"
 SPEC_KEYS = ("name", "_target_", "_partial_", "weight", "kwargs", "completions")
 SHAPES = ("text", "messages")  # values of `completions`
-PASSED = ("prompts", "completions", "completion_ids", "trainer_state")  # keywords every call has, besides columns
+PASSED = ("prompts", "completions", "completion_ids", "trainer_state", "episodes")  # keywords every call has, besides columns
 SIGNATURE = "fn(prompts, completions, completion_ids, **columns) -> list[float]"
 CALL_KEYWORDS = frozenset({"prompts", "completions", "completion_ids"})  # a reward function names one of them
 
