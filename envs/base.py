@@ -2,33 +2,51 @@
 
     class Env(Protocol):
         def reset(self, task: dict) -> list[dict]            # task row -> chat messages
+        def prompt_ids(self, task: dict) -> list[int]        # the rendered prompt
         def rollout(self, engine, tasks, n, sampling) -> list[Rollout]
             # len(tasks) * n rollouts, the n of each task contiguous (a group)
 
-A single-turn env samples once per prompt; the multi-turn env (tool_env) executes the
-calls, appends the tool messages and samples again, masking tool tokens out of the loss.
+A single-turn env samples once per prompt; multi-turn envs (envs/multi_turn.py, tool_env)
+run episodes: the env responds to each model turn, tokens it adds are masked out of the loss.
+Envs are found by `env.name`: the built-ins below or an entry point in the `toolcall_rl.envs`
+group (a class taking (tokenizer, cfg) through `from_config`, or a function (cfg, tokenizer)).
 """
 
 from __future__ import annotations
 
+import importlib
+from importlib.metadata import entry_points
 from typing import Protocol
 
 from envs.types import Rollout, SamplingParams
+
+ENTRY_POINT_GROUP = "toolcall_rl.envs"
+BUILTIN = {"single_turn": "envs.single_turn:SingleTurnEnv", "tool_env": "envs.tool_env:ToolEnv"}
 
 
 class Env(Protocol):
     def reset(self, task: dict) -> list[dict]: ...
 
+    def prompt_ids(self, task: dict) -> list[int]: ...
+
     def rollout(self, engine, tasks: list[dict], n: int, sampling: SamplingParams) -> list[Rollout]: ...
 
 
+def loop_kwargs(cfg) -> dict:
+    """The episode-loop settings of env config (envs/multi_turn.MultiTurnEnv's arguments)."""
+    return {"system_prompt": cfg.system_prompt, "use_template_tools": cfg.use_template_tools,
+            "max_turns": cfg.max_turns, "max_episode_tokens": cfg.max_episode_tokens, "max_context": cfg.max_context,
+            "parser": cfg.parser, "check_drift": cfg.check_drift}
+
+
 def make_env(cfg, tokenizer) -> Env:
-    if cfg.name == "single_turn":
-        from envs.single_turn import SingleTurnEnv
-
-        return SingleTurnEnv(tokenizer, system_prompt=cfg.system_prompt, use_template_tools=cfg.use_template_tools)
-    if cfg.name == "tool_env":
-        from envs.tool_env import ToolEnv
-
-        return ToolEnv(tokenizer, system_prompt=cfg.system_prompt, max_turns=cfg.max_turns, timeout_s=cfg.tool_timeout_s)
-    raise ValueError(f"env.name={cfg.name!r} is not available: use env=single_turn or env=tool_env")
+    if cfg.name in BUILTIN:
+        module, _, name = BUILTIN[cfg.name].partition(":")
+        found = getattr(importlib.import_module(module), name)
+    else:
+        plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        if cfg.name not in plugins:
+            raise ValueError(f"env.name={cfg.name!r} is not available: use one of {sorted(BUILTIN)} or an installed "
+                             f"plugin ({ENTRY_POINT_GROUP}: {sorted(plugins)})")
+        found = plugins[cfg.name].load()
+    return found.from_config(cfg, tokenizer) if hasattr(found, "from_config") else found(cfg, tokenizer)

@@ -311,6 +311,10 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     if cfg.name == "synthetic":
         return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
                                           cfg.builtin_tools, cfg.bfcl_disjoint, cfg.typed_tools)
+    if cfg.name == "bfcl_multi_turn":  # synthetic tasks over BFCL's API classes (never BFCL's test items)
+        from envs import bfcl_multi_turn
+
+        return bfcl_multi_turn.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed)
     if cfg.name == "bfcl":  # BFCL's own categories from the bfcl-eval package: for evaluation, not training
         from envs import bfcl
 
@@ -318,7 +322,7 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
         return [], rows
     read = {"jsonl": lambda p: read_jsonl(p), "hub": lambda p: read_hub(p, cfg.split)}.get(cfg.name)
     if read is None:
-        raise ValueError(f"data.name={cfg.name!r}: use synthetic, jsonl, hub or bfcl")
+        raise ValueError(f"data.name={cfg.name!r}: use synthetic, bfcl_multi_turn, jsonl, hub or bfcl")
     if not cfg.path:
         raise ValueError(f"data.name={cfg.name} needs data.path")
     rows = clean(read(cfg.path), cfg.path, cfg.strict, cfg.format, cfg.filter, cfg.max_skipped_share)

@@ -60,6 +60,10 @@ class SingleTurnEnv:
         if use_template_tools:
             check_template_renders_tools(tokenizer)
 
+    @classmethod
+    def from_config(cls, cfg, tokenizer) -> "SingleTurnEnv":
+        return cls(tokenizer, system_prompt=cfg.system_prompt, use_template_tools=cfg.use_template_tools)
+
     def reset(self, task: dict) -> list[dict]:
         """The chat up to the assistant turn. With use_template_tools the tokenizer's chat
         template renders the tools (only for templates that support `tools=`)."""

@@ -12,6 +12,7 @@ Categories (as BFCL names them):
     irrelevance        no offered tool fits the request: the answer is []
     multi_turn         (built-in tools, env=tool_env) two calls where the second needs the
                        first one's result: the model must call, read the tool message, call again
+                       (envs/synthetic_multi_turn.py; rows also carry answer and expected_state)
 
 Arguments cover the types BFCL checks: strings, enums, int, float, bool, arrays, nested
 objects, and optional parameters (asked for in some requests, left out in others: the gold
@@ -240,7 +241,9 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
         offered = rng.sample(specs, rng.randint(1, 2))
         query, calls = rng.choice(IRRELEVANT), []
     elif category == "multi_turn":
-        offered, query, calls = multi_turn_task(rng)
+        from envs.synthetic_multi_turn import multi_turn_task
+
+        return {"category": category, **multi_turn_task(rng)}
     else:
         raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES} or multi_turn")
     return {
@@ -249,30 +252,6 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
         "tools": [s.schema for s in offered],
         "ground_truth": calls,
     }
-
-
-def multi_turn_task(rng: random.Random) -> tuple[list[ToolSpec], str, list[dict]]:
-    """A request whose second call needs the first call's result (computed here by running
-    the built-in tool), over the executable built-ins: only solvable in a multi-turn env."""
-    from tools.registry import get_tool
-
-    specs = {s.name: s for s in _builtin_specs()}
-    if rng.random() < 0.5:
-        start, days = rng.choice(["2026-01-15", "2026-03-01", "2026-06-30"]), rng.choice([7, 10, 30, 45])
-        middle = get_tool("add_days").fn(start=start, days=days)
-        end = rng.choice(["2026-12-24", "2027-02-28", "2027-06-01"])
-        query = f"What date is {days} days after {start}? Then count the days from that date to {end}."
-        calls = [{"name": "add_days", "arguments": {"start": start, "days": days}},
-                 {"name": "days_between", "arguments": {"start": middle, "end": end}}]
-        return [specs["add_days"], specs["days_between"]], query, calls
-    a, b, c = rng.randint(2, 20), rng.randint(2, 20), rng.randint(2, 9)
-    expression = f"({a} + {b}) * {c}"
-    units = rng.choice([("km", "mi"), ("kg", "lb"), ("l", "gal")])
-    value = get_tool("calculate").fn(expression=expression)
-    query = f"Calculate {expression}, then convert that many {units[0]} to {units[1]}."
-    calls = [{"name": "calculate", "arguments": {"expression": expression}},
-             {"name": "convert_units", "arguments": {"value": value, "from_unit": units[0], "to_unit": units[1]}}]
-    return [specs["calculate"], specs["convert_units"]], query, calls
 
 
 def catalog(builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tools: bool = False) -> tuple[ToolSpec, ...]:

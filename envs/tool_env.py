@@ -1,120 +1,126 @@
-"""Multi-turn env: the model calls tools, the calls run in the sandbox, their results come
-back as a tool message, and the model goes on, for up to max_turns turns.
+"""The tool env: the model calls tools, the calls are validated against their schemas and run
+(in the sandbox, in-process for stateful instances, or on an MCP server), their results come
+back as tool messages through the chat template, and the model goes on (envs/multi_turn.py).
 
-One episode is one Rollout whose completion interleaves the model's turns and the tool
-messages:   prompt | turn 1 | tool 1 | turn 2 | tool 2 | ... | turn K
-loss_mask is 1 on the model's tokens and 0 on the tool messages (the policy is not trained
-to produce what the tools said); rollout_logprobs are 0 there.
+    python -m rl.train env=tool_env data=synthetic_multi_turn
 
-What rewards read (Rollout.text) is the episode as one Tool-N1 answer: the first turn's
-think and, in one list, every call the episode made. So every single-turn reward scores a
-whole episode unchanged: tool_n1 is 1 iff the episode made exactly the gold calls. A first
-turn that does not parse is what the rewards see instead (its reason is counted); a later
-turn without calls ends the episode normally (the model answered with the results).
-"""
+The tools come from `env.tools` (tools/sources.py: registered functions, `_target_` paths,
+stateful classes with an instance per episode, MCP servers). A task offers the tools its row
+lists (`tools`), or all of them when the row has none; a call to a tool the task does not
+offer gets an error message. A turn's calls, across every episode of the batch, run
+concurrently. A result longer than `max_tool_tokens` is cut, with a note the model can read.
+Rows with `user_turns` (BFCL multi-turn) get their next user message when the model answers
+without calling.
+
+One episode is one Rollout: prompt | turn 1 | tool results | turn 2 | ... | turn K, with
+loss_mask 1 on the model's tokens only. Rollout.text is the episode as one Tool-N1 answer (so
+every single-answer reward scores it unchanged), and Rollout.episode holds the turns, the
+results, the final answer and the final state of the stateful tools for episode rewards
+(rewards/episode.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
-from envs.single_turn import SingleTurnEnv
-from rewards.parsing import parse
-from envs.types import Rollout, SamplingParams
-from tools.registry import get_tool
-from tools.sandbox import run_named
+from envs.multi_turn import Episode, MultiTurnEnv
+from tools.sandbox import ToolResult, run_calls
+from tools.sources import ToolBox, toolbox
 
-BUILTIN = ("calculate", "convert_units", "add_days", "days_between")
+DEFAULT_TOOLS = ("calculate", "convert_units", "add_days", "days_between")
 
 
-@dataclass
-class Episode:
-    task: dict
-    prompt: list[int]
-    messages: list[dict]
-    completion: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    calls: list[dict] = field(default_factory=list)
-    think: str = ""
-    first_text: str | None = None
-    failed: bool = False
-    done: bool = False
-    finish_reason: str = "stop"
+class ToolEnv(MultiTurnEnv):
+    def __init__(self, tokenizer, tools: ToolBox | list | None = None, timeout_s: float = 5.0,
+                 max_tool_tokens: int | None = 1024, truncate_side: str = "right", **loop):
+        super().__init__(tokenizer, **loop)
+        self.toolbox = tools if isinstance(tools, ToolBox) else toolbox(list(DEFAULT_TOOLS) if tools is None else tools)
+        if truncate_side not in ("left", "right"):
+            raise ValueError(f"env.truncate_side={truncate_side!r}: give right (keep the start) or left (keep the end)")
+        self.timeout_s, self.max_tool_tokens, self.truncate_side = timeout_s, max_tool_tokens, truncate_side
 
-    @property
-    def context(self) -> list[int]:
-        return self.prompt + self.completion
+    @classmethod
+    def from_config(cls, cfg, tokenizer) -> "ToolEnv":
+        from envs.base import loop_kwargs
 
-    def add(self, tokens: list[int], trained: bool, logprobs: list[float] | None = None) -> None:
-        self.completion += tokens
-        self.loss_mask += [int(trained)] * len(tokens)
-        self.logprobs += logprobs if logprobs is not None else [0.0] * len(tokens)
+        from omegaconf import OmegaConf
 
-    def text(self) -> str:
-        if self.failed:
-            return self.first_text or ""
-        return f"<think>{self.think}</think>\n<tool_call>{json.dumps(self.calls, ensure_ascii=False)}</tool_call>"
+        tools = OmegaConf.to_container(cfg.tools) if OmegaConf.is_config(cfg.tools) else list(cfg.tools or [])
+        return cls(tokenizer, tools=tools or None, timeout_s=cfg.tool_timeout_s,
+                   max_tool_tokens=cfg.max_tool_tokens, truncate_side=cfg.truncate_side, **loop_kwargs(cfg))
 
-
-class ToolEnv:
-    def __init__(self, tokenizer, system_prompt: str | None = None, max_turns: int = 3, timeout_s: float = 5.0):
-        self.tokenizer = tokenizer
-        self.single = SingleTurnEnv(tokenizer, system_prompt)
-        self.max_turns = max_turns
-        self.timeout_s = timeout_s
-        self.tools = {name: get_tool(name) for name in BUILTIN}
+    def offered(self, task: dict) -> dict:
+        """The task with its tools: its own list, or every tool of the env."""
+        return task if task.get("tools") else {**task, "tools": self.toolbox.specs(task)}
 
     def reset(self, task: dict) -> list[dict]:
-        return self.single.reset(task)
+        return super().reset(self.offered(task))
 
     def prompt_ids(self, task: dict) -> list[int]:
-        return self.single.prompt_ids(task)
+        return super().prompt_ids(self.offered(task))
 
-    def rollout(self, engine, tasks: list[dict], n: int, sampling: SamplingParams) -> list[Rollout]:
-        episodes = [Episode(t, self.prompt_ids(t), self.reset(t)) for t in tasks for _ in range(n)]  # groups contiguous
-        for turn in range(self.max_turns):
-            active = [e for e in episodes if not e.done]
-            if not active:
-                break
-            samples = engine.generate([e.context for e in active], 1, sampling)
-            for e, s in zip(active, samples):
-                self.step(e, s, last_turn=turn == self.max_turns - 1)
-        return [Rollout(task=e.task, prompt=e.prompt, completion=e.completion, loss_mask=e.loss_mask,
-                        rollout_logprobs=e.logprobs, text=e.text(), finish_reason=e.finish_reason) for e in episodes]
+    def setup(self, e: Episode) -> None:
+        e.task = self.offered(e.task)
+        e.tools = self.toolbox.episode(e.task)
 
-    def step(self, e: Episode, sample, last_turn: bool) -> None:
-        """One model turn: record it; if it made calls, run them and append the tool message."""
-        e.add(sample.completion, trained=True, logprobs=sample.rollout_logprobs)
-        e.finish_reason = sample.finish_reason
-        text = self.tokenizer.decode(sample.completion, skip_special_tokens=True)
-        parsed = parse(text, "tool_n1")
-        first = e.first_text is None
-        if first:
-            e.first_text, e.think = text, parsed.think or ""
-        if parsed.calls is None or not parsed.calls:
-            e.failed = first and parsed.calls is None
-            e.done = True
-            return
-        e.calls += parsed.calls
-        if last_turn or sample.finish_reason == "length":
-            e.done = True
-            return
-        allowed = {t["name"] for t in e.task["tools"]}
-        results = run_named(parsed.calls, {k: v for k, v in self.tools.items() if k in allowed}, self.timeout_s)
-        message = json.dumps([{"name": c["name"], "result": r.content} for c, r in zip(parsed.calls, results)],
-                             ensure_ascii=False)
-        e.add(self.tool_tokens(e, text, message, ended=sample.completion[-1:] == [self.tokenizer.eos_token_id]),
-              trained=False)
+    def is_done(self, e: Episode, turn: dict) -> str | None:
+        if turn["calls"] is None:
+            return "unparsed"
+        if not turn["calls"]:
+            return None if e.user_turn < len(e.task.get("user_turns") or []) else "answer"
+        return None
 
-    def tool_tokens(self, e: Episode, turn_text: str, message: str, ended: bool) -> list[int]:
-        """The tokens between the model's turn and its next one: the end of its turn, the tool
-        message, the start of the next assistant turn, as the chat template writes them."""
-        e.messages = e.messages + [{"role": "assistant", "content": turn_text}]
-        before = self.tokenizer.apply_chat_template(e.messages, tokenize=False)
-        e.messages = e.messages + [{"role": "tool", "content": message}]
-        after = self.tokenizer.apply_chat_template(e.messages, tokenize=False, add_generation_prompt=True)
-        turn_end = before[before.rindex(turn_text) + len(turn_text):]  # e.g. "<|im_end|>\n"
-        if ended and self.tokenizer.eos_token and turn_end.startswith(self.tokenizer.eos_token):
-            turn_end = turn_end[len(self.tokenizer.eos_token):]  # the model already wrote it
-        return self.tokenizer.encode(turn_end + after[len(before):], add_special_tokens=False)
+    def env_responses(self, items: list[tuple[Episode, dict]]) -> list[list[dict]]:
+        """Every call of every episode in one concurrent batch; then one tool message per call
+        (or, after an answer, the task's next user message)."""
+        pairs, where = [], []
+        for i, (e, turn) in enumerate(items):
+            offered = {t["name"] for t in e.task["tools"]}
+            for j, call in enumerate(turn["calls"]):
+                tool = e.tools.tools.get(call["name"]) if call["name"] in offered else None
+                pairs.append((tool, call))
+                where.append((i, j))
+        results = run_calls(pairs, timeout_s=self.timeout_s) if pairs else []
+        replies: list[list[dict]] = [[] for _ in items]
+        for (i, _j), (tool, call), result in zip(where, pairs, results):
+            e, turn = items[i]
+            if tool is None:
+                result = ToolResult(f"Error: no tool named {call['name']!r}; available: "
+                                    f"{sorted(t['name'] for t in e.task['tools'])}", ok=False, error="unknown_tool")
+            content = self.cut(result.content)
+            turn["results"].append({"name": call["name"], "content": content, "ok": result.ok, "error": result.error})
+            replies[i].append({"role": "tool", "name": call["name"], "content": content})
+        for i, (e, turn) in enumerate(items):
+            if not turn["calls"]:
+                replies[i] = self.next_user_turn(e)
+        return replies
+
+    def next_user_turn(self, e: Episode) -> list[dict]:
+        """The task's next user message; functions a task adds at that turn (BFCL's miss_func)
+        become callable from then on and are listed in the message."""
+        messages = [dict(m) for m in e.task["user_turns"][e.user_turn]]
+        added = (e.task.get("added_tools") or {}).get(str(e.user_turn + 1))
+        if added:
+            e.task = {**e.task, "tools": list(e.task["tools"]) + list(added)}
+            listing = "\n".join(json.dumps(spec, ensure_ascii=False) for spec in added)
+            messages[-1]["content"] = f"{messages[-1].get('content') or ''}\nNew functions you may call:\n<tools>\n{listing}\n</tools>"
+        return messages
+
+    def cut(self, content: str) -> str:
+        """A tool result within max_tool_tokens: longer ones keep their start (right) or end
+        (left), with a note saying so."""
+        if self.max_tool_tokens is None or len(content) <= self.max_tool_tokens:  # a token is at least a character
+            return content
+        ids = self.tokenizer.encode(content, add_special_tokens=False)
+        if len(ids) <= self.max_tool_tokens:
+            return content
+        keep = self.max_tool_tokens
+        if self.truncate_side == "right":
+            return (self.tokenizer.decode(ids[:keep]) +
+                    f"\n[tool output cut: showing the first {keep} of {len(ids)} tokens]")
+        return f"[tool output cut: showing the last {keep} of {len(ids)} tokens]\n" + self.tokenizer.decode(ids[-keep:])
+
+    def finish(self, e: Episode) -> dict:
+        try:
+            return e.tools.state()
+        finally:
+            e.tools.close()

@@ -47,6 +47,7 @@ class Rollout:
     rollout_logprobs: list[float]  # [len(completion)]
     text: str  # the completion decoded, what rewards read
     finish_reason: str
+    episode: dict | None = None  # multi-turn: turns, calls, results, final answer and state (envs/multi_turn.py)
 
 
 @dataclass

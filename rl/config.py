@@ -136,8 +136,16 @@ class EnvConfig:
     name: str = "single_turn"
     system_prompt: Optional[str] = None  # `{tools}` is replaced by the tools' JSON; null = Tool-N1 prompt
     use_template_tools: bool = False  # render tools with the tokenizer's chat template instead
-    max_turns: int = 3  # tool_env: model turns per episode
-    tool_timeout_s: float = 5.0  # tool_env: wall-clock limit of one tool call (sandboxed)
+    # multi-turn (tool_env and envs built on envs/multi_turn.py)
+    tools: list[Any] = field(default_factory=list)  # tool_env: names, {_target_: ...}, {mcp: {...}} (tools/sources.py); [] = built-ins
+    max_turns: int = 3  # model turns per user message
+    max_episode_tokens: Optional[int] = None  # completion tokens of an episode (model + tool tokens); null = no cap
+    max_context: Optional[int] = None  # the model's window; null = the tokenizer's model_max_length
+    max_tool_tokens: Optional[int] = 1024  # a longer tool result is cut, with a note the model reads
+    truncate_side: str = "right"  # right: keep the start of a long result; left: keep its end
+    tool_timeout_s: float = 5.0  # wall-clock limit of one tool call
+    parser: str = "tool_n1"  # how a model turn's calls are read: tool_n1 | hermes
+    check_drift: bool = True  # compare each episode's ids with a fresh render of its conversation
 
 
 @dataclass

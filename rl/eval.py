@@ -8,7 +8,10 @@ categories scored by BFCL's own checker.
 The first two take the same config as training (so the same data split, prompt and engine),
 print a table per category and write eval.json and generations.jsonl to trainer.output_dir.
 `score` scores raw completions without a model: each line of preds.jsonl is
-{"id": <BFCL id>, "completion": <raw model text>}; ids missing from it count as wrong."""
+{"id": <BFCL id>, "completion": <raw model text>}; ids missing from it count as wrong. For the
+multi-turn categories (multi_turn_base, ...) each line is BFCL's own multi-turn result,
+{"id", "result": [[["f(a=1)", ...], ...], ...]} (per user turn, per step, the call strings),
+scored by BFCL's multi-turn checker; only calls of a bare name with literal arguments reach it."""
 
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
                 "id": r.task.get("id"), "category": r.task.get("category", "default"), "sample": j % k,
                 "completion": r.text, **{name: values[j] for name, values in scored.per_function.items()},
                 "reason": scored.reasons[exact_match][j] if exact_match in scored.reasons else None,
+                **({"episode": episode_summary(r.episode)} if r.episode is not None else {}),
             })
     if dist is not None:
         generations = dist.gather(generations)
@@ -63,6 +67,7 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
             metrics.update(pass_and_mean_at_k([g[exact_match] for g in generations], k))
     for reason, count in count_reasons(g["reason"] for g in generations).items():
         metrics[f"eval/reason/{reason}"] = count / len(generations)
+    metrics.update(episode_metrics([g.get("episode") for g in generations], "eval/"))
     return metrics, generations
 
 
@@ -82,6 +87,11 @@ def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, samplin
     greedy = SamplingParams(0.0, 1.0, sampling.max_new_tokens, sampling.stop)
     metrics, generations = {}, []
     for category in categories:
+        if category.startswith("multi_turn"):
+            rows = bfcl_multi_turn_rows(engine, env, category, limit, greedy, batch, dist)
+            generations += [{"id": i, "category": f"bfcl/{category}", "turns": t, **r} for i, t, r in rows]
+            metrics[f"bfcl/{category}"] = bfcl.summarize(category, [r for _, _, r in rows])["accuracy"]
+            continue
         entries = bfcl.load_category(category)[: limit or None]
         mine = dist.share(entries) if dist is not None else entries
         tasks = [bfcl.to_task(e) for e in mine]
@@ -97,6 +107,40 @@ def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, samplin
     return metrics, generations
 
 
+def bfcl_multi_turn_rows(engine, env, category: str, limit: int | None, greedy: SamplingParams, batch: int, dist=None):
+    """BFCL multi-turn entries run as episodes over BFCL's API classes (the configured env if it
+    has them, else a tool env with the same loop settings) and scored by BFCL's multi-turn
+    checker: [(id, turns in BFCL's result format, result)]."""
+    from envs.bfcl_multi_turn import load_multi_turn
+    from rl.bfcl_multi_turn import episode_to_turns, score_entry_multi_turn
+
+    tasks = load_multi_turn(category, limit or None)
+    mine = dist.share(tasks) if dist is not None else tasks
+    runner = bfcl_env(env)
+    rows = []
+    for i in range(0, len(mine), batch):
+        for task, r in zip(mine[i : i + batch], runner.rollout(engine, mine[i : i + batch], 1, greedy)):
+            turns = episode_to_turns(r.episode)
+            turns += [[] for _ in range(1 + len(task["user_turns"]) - len(turns))]  # turns never reached: no answer
+            rows.append((task["id"], turns, score_entry_multi_turn(task, turns)))
+    return dist.gather(rows) if dist is not None else rows
+
+
+def bfcl_env(env):
+    """A multi-turn env whose tools are BFCL's API classes, with `env`'s prompt and loop settings."""
+    from envs.bfcl_multi_turn import BFCLTools
+    from envs.tool_env import ToolEnv
+
+    if isinstance(env, ToolEnv) and any(isinstance(s, BFCLTools) for s in env.toolbox.sources):
+        return env
+    loop = {"max_turns": getattr(env, "max_turns", 5), "max_episode_tokens": getattr(env, "max_episode_tokens", None),
+            "max_context": getattr(env, "max_context", None), "parser": getattr(env, "parser", "tool_n1")}
+    single = getattr(env, "single", env)
+    return ToolEnv(env.tokenizer, tools=[{"_target_": "envs.bfcl_multi_turn.BFCLTools"}], max_tool_tokens=512,
+                   system_prompt=getattr(single, "system_prompt", None),
+                   use_template_tools=getattr(single, "use_template_tools", False), **loop)
+
+
 def columns(tasks: list[dict]) -> dict[str, list]:
     """Dataset columns as keyword lists, the way TRL hands them to reward functions."""
     keys = {k for t in tasks for k in t}
@@ -106,7 +150,8 @@ def columns(tasks: list[dict]) -> dict[str, list]:
 def reward_inputs(rollouts, tokenizer=None, trainer_state=None) -> dict:
     """The keywords of a reward call for a batch of rollouts, TRL's: completions (texts),
     prompts (the rendered prompt text, decoded once per distinct prompt, special tokens kept;
-    None without a tokenizer), completion_ids, trainer_state and the dataset columns."""
+    None without a tokenizer), completion_ids, trainer_state and the dataset columns; and
+    `episodes` (multi-turn envs: each rollout's episode dict; None for single-turn)."""
     rendered: dict[tuple, str] = {}
     if tokenizer is not None:
         for r in rollouts:
@@ -117,7 +162,30 @@ def reward_inputs(rollouts, tokenizer=None, trainer_state=None) -> dict:
             "completions": [r.text for r in rollouts],
             "prompts": [rendered[tuple(r.prompt)] for r in rollouts] if tokenizer is not None else None,
             "completion_ids": [list(r.completion) for r in rollouts],
+            "episodes": [r.episode for r in rollouts],
             "trainer_state": trainer_state}
+
+
+def episode_summary(episode: dict | None) -> tuple | None:
+    """The numbers of an episode that metrics count (small enough to gather across ranks)."""
+    if episode is None:
+        return None
+    return episode["stop"], episode["num_turns"], episode["num_calls"], episode["tool_errors"], episode["drift"]
+
+
+def episode_metrics(summaries: list[tuple | None], prefix: str = "") -> dict[str, float]:
+    """Multi-turn episodes: mean turns, calls and tool errors, the share with drift (ids that a
+    fresh render of the conversation would not give) and of each stop reason."""
+    summaries = [x for x in summaries if x is not None]
+    if not summaries:
+        return {}
+    n = len(summaries)
+    m = {f"{prefix}episode/turns": sum(x[1] for x in summaries) / n, f"{prefix}episode/calls": sum(x[2] for x in summaries) / n,
+         f"{prefix}episode/tool_errors": sum(x[3] for x in summaries) / n,
+         f"{prefix}episode/drift": sum(bool(x[4]) for x in summaries) / n}
+    for stop, count in count_reasons(x[0] for x in summaries).items():
+        m[f"{prefix}episode/stop/{stop}"] = count / n
+    return m
 
 
 def count_reasons(reasons) -> dict[str, int]:
@@ -174,7 +242,8 @@ def score_main(argv: list[str]) -> int:
     from rl import bfcl
 
     p = argparse.ArgumentParser(prog="python -m rl.eval score", description=score_main.__doc__)
-    p.add_argument("--category", required=True, help=f"one of {bfcl.SINGLE_TURN}")
+    p.add_argument("--category", required=True, help=f"one of {bfcl.SINGLE_TURN} or multi_turn_base, "
+                   "multi_turn_long_context, multi_turn_miss_param, multi_turn_miss_func")
     p.add_argument("--predictions", required=True,
                    help='JSONL: {"id": <BFCL id>, "completion": <raw model text>}, or a BFCL result file ({"id", "result"})')
     p.add_argument("--format", default="auto", choices=bfcl.FORMATS,
@@ -191,7 +260,12 @@ def score_main(argv: list[str]) -> int:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SystemExit(f"{args.predictions}:{n}: each line must be a JSON object with keys id and completion "
                              f"(or BFCL's id and result) ({type(e).__name__}: {e})") from None
-    result = bfcl.score(args.category, predictions, fmt=args.format)
+    if args.category.startswith("multi_turn"):  # BFCL's multi-turn result format: turns of steps of call strings
+        from rl.bfcl_multi_turn import score_multi_turn
+
+        result = score_multi_turn(args.category, predictions)
+    else:
+        result = bfcl.score(args.category, predictions, fmt=args.format)
     Path(args.out).write_text(json.dumps({k: result[k] for k in ("category", "n", "correct", "accuracy")}, indent=2))
     print(json.dumps(result, indent=2))
     return 0

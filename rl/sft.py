@@ -23,6 +23,10 @@ from envs.types import Rollout
 
 
 def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
+    """Gold answers as rollouts; a multi-turn env plays its rows' gold turns through its
+    tools (the tool results and template tokens are real, and masked out of the loss)."""
+    if hasattr(env, "gold_rollouts"):
+        return env.gold_rollouts(tasks)
     rollouts = []
     for task in tasks:
         answer = gold_answer(task)

@@ -46,7 +46,7 @@ from rl import config as _schemas  # noqa: F401  registers the config schemas wi
 from rl import algo as algo_
 from rl.advantages import zero_variance_share
 from rl.batching import collate, even_out, token_budget_chunks
-from rl.eval import count_reasons, evaluate, evaluate_bfcl, reward_inputs
+from rl.eval import count_reasons, episode_metrics, episode_summary, evaluate, evaluate_bfcl, reward_inputs
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics
 from rl.optim import make_optimizer
@@ -258,10 +258,12 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
 def batch_metrics(dist, scored, rollouts, group_size: int, times: dict) -> dict:
     """Reward, length and throughput metrics of the whole batch (every rank's rollouts), the
     slowest rank's times, and peak memory."""
-    everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts])])
+    everyone = dist.gather([(scored, [(len(r.prompt), len(r.completion), r.finish_reason) for r in rollouts],
+                             [episode_summary(r.episode) for r in rollouts])])
     times = dist.max(times)
-    return {**reward_metrics(algo_.concat([sc for sc, _ in everyone]), group_size),
-            **rollout_metrics([shape for _, shapes in everyone for shape in shapes], times["time/step_s"]),
+    return {**reward_metrics(algo_.concat([sc for sc, _, _ in everyone]), group_size),
+            **rollout_metrics([shape for _, shapes, _ in everyone for shape in shapes], times["time/step_s"]),
+            **episode_metrics([e for _, _, episodes in everyone for e in episodes]),
             **times, **memory_metrics(dist)}
 
 

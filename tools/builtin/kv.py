@@ -39,5 +39,12 @@ class KeyValueStore:
         self.data.pop(key, None)
         return "ok"
 
+    def load_state(self, state: dict) -> None:
+        """Start an episode from a task's initial_state (tools/sources.StatefulTools)."""
+        self.data = {str(k): str(v) for k, v in dict(state.get("data", state)).items()}
+
+    def state(self) -> dict:
+        return {"data": dict(self.data)}
+
     def tools(self) -> list[Tool]:
-        return [Tool.from_function(f, isolated=False) for f in (self.kv_set, self.kv_get, self.kv_delete)]
+        return [Tool.from_function(f, isolated=False).with_serial(id(self)) for f in (self.kv_set, self.kv_get, self.kv_delete)]
