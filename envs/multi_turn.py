@@ -278,6 +278,8 @@ class MultiTurnEnv:
         """What single-answer rewards read: the episode as one answer in the parser's format
         (Tool-N1: the first turn's think and every call made, in one list; Hermes: a tag per
         call), or the first turn itself if it did not parse, so its reason is counted."""
+        if not e.turns:
+            return ""  # ended before the model's first turn (a prompt that fills the window)
         first = e.turns[0]
         calls = [c for t in e.turns for c in (t["calls"] or [])]
         if self.parser != "tool_n1":

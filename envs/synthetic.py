@@ -208,7 +208,7 @@ def _call(spec: ToolSpec, args: dict) -> dict:
     return {"name": spec.name, "arguments": args}
 
 
-def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = TOOLS) -> dict:
+def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = TOOLS, family: str | None = None) -> dict:
     """One task of the given category, drawn from rng, over the tools in specs."""
     if category == "simple":
         spec = rng.choice(specs)
@@ -243,7 +243,7 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
     elif category == "multi_turn":
         from envs.synthetic_multi_turn import multi_turn_task
 
-        return {"category": category, **multi_turn_task(rng)}
+        return {"category": category, **multi_turn_task(rng, family)}
     else:
         raise ValueError(f"unknown synthetic category {category!r}; choose from {CATEGORIES} or multi_turn")
     return {
@@ -274,6 +274,14 @@ def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGO
     return rows
 
 
+def _families(category: str) -> tuple[str, ...]:
+    if category != "multi_turn":
+        return ()
+    from envs.synthetic_multi_turn import FAMILIES
+
+    return FAMILIES
+
+
 def task_key(row: dict) -> tuple:
     """Two tasks are the same task if the request and the offered tools are the same."""
     return row["messages"][-1]["content"], tuple(sorted(t["name"] for t in row["tools"]))
@@ -292,10 +300,12 @@ def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES
     eval_rows: list[dict] = []
     for k, category in enumerate(categories):
         quota = n_eval // len(categories) + (k < n_eval % len(categories))
+        families = _families(category)
         for _attempt in range(200 * quota + 200):
             if quota == 0:
                 break
-            row = make_task(category, rng, tools)
+            family = families[quota % len(families)] if families else None  # multi_turn: every family in turn
+            row = make_task(category, rng, tools, family)
             if task_key(row) not in seen:
                 seen.add(task_key(row))
                 eval_rows.append({"id": f"synthetic-eval-{seed}-{len(eval_rows)}", **row})

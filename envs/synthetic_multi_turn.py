@@ -18,10 +18,17 @@ from tools.builtin import KeyValueStore
 from tools.registry import Tool, get_tool
 
 FAMILIES = ("dates", "convert", "copy_key", "save_sum")
-KEYS = ["city", "color", "pet", "team", "fruit", "planet", "drink", "song"]
+KEYS = ["city", "color", "pet", "team", "fruit", "planet", "drink", "song", "book", "movie", "sport", "flower",
+        "car", "game", "river", "dish", "artist", "island", "language", "tree"]
 VALUES = ["Paris", "teal", "otter", "Falcons", "mango", "Neptune", "espresso", "Yellow Submarine", "Lima", "amber",
           "lynx", "kiwi", "Mars", "chai", "Oslo", "Clouds"]
-TARGETS = ["favorite", "backup", "answer", "today", "pick", "saved"]
+TARGETS = ["favorite", "backup", "answer", "today", "pick", "saved", "choice", "result", "draft", "final", "copy",
+           "winner", "note", "memo", "current", "target"]
+COPY_ASKS = ["Look up the value stored under '{source}' and store it under '{target}' too.",
+             "Read the value of key '{source}', then save that same value under the key '{target}'.",
+             "Copy whatever is stored under '{source}' to the key '{target}'."]
+SAVE_ASKS = ["Calculate {expression} and save the result under the key '{target}'.",
+             "Work out {expression}, then store the result under '{target}'."]
 
 
 def kv_specs() -> dict[str, dict]:
@@ -33,15 +40,19 @@ def _run(name: str, **arguments):
     return get_tool(name).fn(**arguments)
 
 
-def multi_turn_task(rng: random.Random) -> dict:
-    """One task of a family drawn by rng: {"messages", "tools", "ground_truth", "answer", ...}."""
-    family = rng.choice(FAMILIES)
+def _date(rng: random.Random, year: int) -> str:
+    return f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def multi_turn_task(rng: random.Random, family: str | None = None) -> dict:
+    """One task of `family` (drawn by rng if None): {"messages", "tools", "ground_truth", "answer", ...}."""
+    family = family or rng.choice(FAMILIES)
     spec = {name: get_tool(name).spec for name in ("calculate", "convert_units", "add_days", "days_between")}
     row: dict = {"family": family, "order_free": False}
     if family == "dates":
-        start, days = rng.choice(["2026-01-15", "2026-03-01", "2026-06-30", "2026-09-10"]), rng.choice([7, 10, 30, 45, 90])
+        start, days = _date(rng, 2026), rng.randint(3, 120)
         middle = _run("add_days", start=start, days=days)
-        end = rng.choice(["2026-12-24", "2027-02-28", "2027-06-01"])
+        end = _date(rng, 2027)
         query = f"What date is {days} days after {start}? Then count the days from that date to {end}."
         calls = [{"name": "add_days", "arguments": {"start": start, "days": days}},
                  {"name": "days_between", "arguments": {"start": middle, "end": end}}]
@@ -64,7 +75,7 @@ def multi_turn_task(rng: random.Random) -> dict:
         if family == "copy_key":
             source = keys[0]
             answer = data[source]
-            query = f"Look up the value stored under '{source}' and store it under '{target}' too."
+            query = rng.choice(COPY_ASKS).format(source=source, target=target)
             calls = [{"name": "kv_get", "arguments": {"key": source}},
                      {"name": "kv_set", "arguments": {"key": target, "value": answer}}]
             tools = [kv["kv_get"], kv["kv_set"], kv["kv_delete"]]
@@ -72,7 +83,7 @@ def multi_turn_task(rng: random.Random) -> dict:
             a, b = rng.randint(10, 99), rng.randint(10, 99)
             expression = f"{a} * {b}"
             answer = str(_run("calculate", expression=expression))
-            query = f"Calculate {expression} and save the result under the key '{target}'."
+            query = rng.choice(SAVE_ASKS).format(expression=expression, target=target)
             calls = [{"name": "calculate", "arguments": {"expression": expression}},
                      {"name": "kv_set", "arguments": {"key": target, "value": answer}}]
             tools = [spec["calculate"], kv["kv_get"], kv["kv_set"]]

@@ -26,7 +26,7 @@ from envs.multi_turn import Episode, MultiTurnEnv
 from tools.sandbox import ToolResult, run_calls
 from tools.sources import ToolBox, toolbox
 
-DEFAULT_TOOLS = ("calculate", "convert_units", "add_days", "days_between")
+DEFAULT_TOOLS = ("calculate", "convert_units", "add_days", "days_between", {"_target_": "tools.builtin.KeyValueStore"})
 
 
 class ToolEnv(MultiTurnEnv):

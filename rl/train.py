@@ -288,8 +288,12 @@ def rollout_metrics(shapes: list[tuple[int, int, str]], seconds: float) -> dict:
 
 
 def sample_rows(rollouts, scored) -> list[dict]:
+    """What samples.jsonl shows of rollouts; a multi-turn episode with its turns and tool results."""
     return [{"prompt": r.task["messages"][-1]["content"], "completion": r.text, "reward": scored.total[i],
-             "reasons": {name: rs[i] for name, rs in scored.reasons.items()}, "ground_truth": r.task["ground_truth"]}
+             "reasons": {name: rs[i] for name, rs in scored.reasons.items()}, "ground_truth": r.task["ground_truth"],
+             **({"episode": {"stop": r.episode["stop"], "final_answer": r.episode["final_answer"],
+                             "turns": [{"text": t["text"], "results": [x["content"] for x in t["results"]]}
+                                       for t in r.episode["turns"]]}} if r.episode is not None else {})}
             for i, r in enumerate(rollouts)]
 
 

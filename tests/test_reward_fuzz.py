@@ -2,6 +2,7 @@
 raises and every value stays in its documented range."""
 
 import json
+import math
 import random
 
 from rewards import REWARDS
@@ -10,7 +11,10 @@ from envs.synthetic import generate
 from envs.single_turn import gold_answer
 
 RANGES = {"tool_n1": (0, 1), "tool_n1_partial": (0, 1), "format": (0, 1), "toolrl": (-3, 4), "toolrl_format": (0, 1),
-          "toolrl_correctness": (-3, 3), "schema_validity": (0, 1), "length_penalty": (-1, 0)}
+          "toolrl_correctness": (-3, 3), "schema_validity": (0, 1), "length_penalty": (-1, 0),
+          # multi-turn: they read the `episodes` keyword (0 and a reason without one); the costs grow with the episode
+          "final_answer": (0, 1), "call_sequence": (0, 1), "final_state": (0, 1), "turn_cost": (-math.inf, 0),
+          "tool_errors": (-math.inf, 0)}
 PIECES = ["<think>", "</think>", "<tool_call>", "</tool_call>", "[", "]", "{", "}", '"name"', '"arguments"', ":", ",",
           "1e999999", "9" * 5000, "-0", "NaN", "true", "null", "é", "日本", "\u0000", "\ud800", "```json", "```",
           "[" * 3000, "]" * 10, '{"name": "f", "arguments": {}}', "\n", " ", "\\"]

@@ -190,6 +190,9 @@ def test_an_episode_that_would_overflow_the_context_ends_with_a_reason(tok):
     engine = ScriptedEngine(tok, [answer([{"name": "flood_tool", "arguments": {"n": 5000}}]), "ok"])
     (r,) = env.rollout(engine, [task], 1, SamplingParams())
     assert r.episode["stop"] == "context" and len(r.prompt + r.completion) <= 600 and engine.turn == 1
+    # a prompt that fills the window: the episode ends before the model's first turn
+    (r,) = ToolEnv(tok, max_context=50).rollout(ScriptedEngine(tok, ["x"]), [dates_task()], 1, SamplingParams())
+    assert r.episode["stop"] == "context" and r.completion == [] and r.text == ""
     # the token budget of an episode: turns are cut to what is left, then the episode ends
     env = ToolEnv(tok, max_episode_tokens=40)
     t = dates_task()
