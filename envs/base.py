@@ -9,7 +9,7 @@
 A single-turn env samples once per prompt; multi-turn envs (envs/multi_turn.py, tool_env)
 run episodes: the env responds to each model turn, tokens it adds are masked out of the loss.
 Envs are found by `env.name`: the built-ins below or an entry point in the `toolcall_rl.envs`
-group (a class taking (tokenizer, cfg) through `from_config`, or a function (cfg, tokenizer)).
+group (a class with `from_config(cfg, tokenizer, tool_format)`, or a function (cfg, tokenizer)).
 """
 
 from __future__ import annotations
@@ -32,14 +32,21 @@ class Env(Protocol):
     def rollout(self, engine, tasks: list[dict], n: int, sampling: SamplingParams) -> list[Rollout]: ...
 
 
-def loop_kwargs(cfg) -> dict:
+def prompt_kwargs(cfg, tool_format: str = "tool_n1") -> dict:
+    """How prompts are written and answers read: env.parser and env.use_template_tools, which
+    default to what model.tool_format says (a native format is prompted by the template)."""
+    parser = cfg.parser or tool_format
+    template = cfg.use_template_tools if cfg.use_template_tools is not None else parser != "tool_n1"
+    return {"system_prompt": cfg.system_prompt, "use_template_tools": template, "parser": parser}
+
+
+def loop_kwargs(cfg, tool_format: str = "tool_n1") -> dict:
     """The episode-loop settings of env config (envs/multi_turn.MultiTurnEnv's arguments)."""
-    return {"system_prompt": cfg.system_prompt, "use_template_tools": cfg.use_template_tools,
-            "max_turns": cfg.max_turns, "max_episode_tokens": cfg.max_episode_tokens, "max_context": cfg.max_context,
-            "parser": cfg.parser, "check_drift": cfg.check_drift}
+    return {**prompt_kwargs(cfg, tool_format), "max_turns": cfg.max_turns, "max_episode_tokens": cfg.max_episode_tokens,
+            "max_context": cfg.max_context, "check_drift": cfg.check_drift}
 
 
-def make_env(cfg, tokenizer) -> Env:
+def make_env(cfg, tokenizer, tool_format: str = "tool_n1") -> Env:
     if cfg.name in BUILTIN:
         module, _, name = BUILTIN[cfg.name].partition(":")
         found = getattr(importlib.import_module(module), name)
@@ -49,4 +56,6 @@ def make_env(cfg, tokenizer) -> Env:
             raise ValueError(f"env.name={cfg.name!r} is not available: use one of {sorted(BUILTIN)} or an installed "
                              f"plugin ({ENTRY_POINT_GROUP}: {sorted(plugins)})")
         found = plugins[cfg.name].load()
-    return found.from_config(cfg, tokenizer) if hasattr(found, "from_config") else found(cfg, tokenizer)
+    if hasattr(found, "from_config"):
+        return found.from_config(cfg, tokenizer, tool_format)
+    return found(cfg, tokenizer)

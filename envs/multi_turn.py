@@ -84,7 +84,7 @@ class MultiTurnEnv:
                  max_turns: int = 3, max_episode_tokens: int | None = None, max_context: int | None = None,
                  parser: str = "tool_n1", check_drift: bool = True):
         self.tokenizer = tokenizer
-        self.single = SingleTurnEnv(tokenizer, system_prompt, use_template_tools)
+        self.single = SingleTurnEnv(tokenizer, system_prompt, use_template_tools, parser)
         self.max_turns, self.parser, self.check_drift = max_turns, parser, check_drift
         self.max_episode_tokens = max_episode_tokens
         self.max_context = max_context or context_window(tokenizer)
@@ -158,7 +158,7 @@ class MultiTurnEnv:
         template tokens are the real ones and masked as in RL. Rows without an `answer` get
         their single-turn gold answer."""
         episodes = self.start(tasks, 1)
-        scripts = [gold_turns(e.task) for e in episodes]
+        scripts = [gold_turns(e.task, self.parser) for e in episodes]
         max_turns, self.max_turns = self.max_turns, 10**9  # the gold takes the turns it needs
         try:
             for k in range(max(map(len, scripts), default=0)):
@@ -193,7 +193,7 @@ class MultiTurnEnv:
         e.add(sample.completion, trained=True, logprobs=sample.rollout_logprobs)
         e.finish_reason = sample.finish_reason
         e.since_user += 1
-        text = self.tokenizer.decode(sample.completion, skip_special_tokens=True)
+        text = self.single.decode(sample.completion)
         parsed = parse(text, self.parser)
         calls = parsed.calls
         if calls is None and CALL_OPEN not in text:
@@ -282,31 +282,40 @@ class MultiTurnEnv:
             return ""  # ended before the model's first turn (a prompt that fills the window)
         first = e.turns[0]
         calls = [c for t in e.turns for c in (t["calls"] or [])]
-        if self.parser != "tool_n1":
+        if first["calls"] is None or not calls:
+            return first["text"]
+        if self.parser != "tool_n1":  # every call of the episode as one answer in the model's format
+            from rewards.native import RENDER_FORMATS, render_native
+
+            if self.parser not in RENDER_FORMATS:  # a tokenizer's own parser: its turns as they were
+                return "\n".join(t["text"] for t in e.turns)
             think = f"<think>{first['think']}</think>\n" if first["think"] is not None else ""
-            return think + "\n".join(f"{CALL_OPEN}{json.dumps(c, ensure_ascii=False)}</tool_call>" for c in calls)
-        if first["calls"] is None or first["think"] is None:
+            return think + render_native(calls, self.parser)
+        if first["think"] is None:
             return first["text"]
         return f"<think>{first['think']}</think>\n<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
 
 
-def gold_turns(task: dict) -> list[str]:
-    """The Tool-N1 turns that solve a multi-turn row: its `gold_turns`; else, per user turn
-    (`turn_calls`, or all of `ground_truth` for a row with an `answer`), each gold call in its
-    own turn and then an answer (the row's `answer` at the end); a row with neither is one
-    single-turn gold answer."""
+def gold_turns(task: dict, fmt: str = "tool_n1") -> list[str]:
+    """The turns that solve a multi-turn row, in the model's tool format (Tool-N1 or a native
+    one): its `gold_turns`; else, per user turn (`turn_calls`, or all of `ground_truth` for a
+    row with an `answer`), each gold call in its own turn and then an answer (the row's
+    `answer` at the end); a row with neither is one single-turn gold answer."""
     if task.get("gold_turns"):
         return list(task["gold_turns"])
     per_user = task.get("turn_calls") or ([task["ground_truth"]] if task.get("answer") is not None else None)
     if per_user is None:
-        return [gold_answer(task)]
+        return [gold_answer(task, fmt)]
     turns = []
     for u, calls in enumerate(per_user):
         for k, call in enumerate(calls):
+            if fmt != "tool_n1":
+                turns.append(gold_answer({"ground_truth": [call]}, fmt))
+                continue
             think = f"First I need {call['name']}." if k == 0 else f"With that result, now {call['name']}."
             turns.append(f"<think>{think}</think>\n<tool_call>{json.dumps([call], ensure_ascii=False)}</tool_call>")
-        last = u == len(per_user) - 1 and task.get("answer") is not None
-        turns.append(f"<think>I have the result.</think>\n{task['answer'] if last else 'Done.'}")
+        answer = task["answer"] if u == len(per_user) - 1 and task.get("answer") is not None else "Done."
+        turns.append(f"<think>I have the result.</think>\n{answer}" if fmt == "tool_n1" else str(answer))
     return turns
 
 

@@ -19,9 +19,14 @@ def tools_block(tools: list[dict]) -> str:
     return "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
 
 
-def gold_answer(task: dict) -> str:
-    """The Tool-N1-format answer to a task, for SFT warm-up and for tests."""
+def gold_answer(task: dict, fmt: str = "tool_n1") -> str:
+    """The answer to a task in the model's tool format (model.tool_format), for SFT warm-up and
+    for tests: Tool-N1's think and JSON list, or the native format's calls (plain text for none)."""
     calls = task["ground_truth"]
+    if fmt != "tool_n1":
+        from rewards.native import render_native
+
+        return render_native(calls, fmt) if calls else "None of the functions can do this."
     names = sorted({c["name"] for c in calls})
     if not calls:
         think = "None of the functions can do this."
@@ -53,16 +58,20 @@ def check_template_renders_tools(tokenizer) -> None:
 
 
 class SingleTurnEnv:
-    def __init__(self, tokenizer, system_prompt: str | None = None, use_template_tools: bool = False):
+    def __init__(self, tokenizer, system_prompt: str | None = None, use_template_tools: bool = False,
+                 parser: str = "tool_n1"):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt or TOOL_N1_SYSTEM
         self.use_template_tools = use_template_tools
+        self.parser = parser  # the answer format (model.tool_format): SFT gold answers and BFCL decoding use it
         if use_template_tools:
             check_template_renders_tools(tokenizer)
 
     @classmethod
-    def from_config(cls, cfg, tokenizer) -> "SingleTurnEnv":
-        return cls(tokenizer, system_prompt=cfg.system_prompt, use_template_tools=cfg.use_template_tools)
+    def from_config(cls, cfg, tokenizer, tool_format: str = "tool_n1") -> "SingleTurnEnv":
+        from envs.base import prompt_kwargs
+
+        return cls(tokenizer, **prompt_kwargs(cfg, tool_format))
 
     def reset(self, task: dict) -> list[dict]:
         """The chat up to the assistant turn. With use_template_tools the tokenizer's chat
@@ -78,6 +87,17 @@ class SingleTurnEnv:
         ids = self.tokenizer.apply_chat_template(self.reset(task), add_generation_prompt=True, tokenize=True, **kwargs)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
+    def decode(self, tokens: list[int]) -> str:
+        """A completion's text as rewards read it: without special tokens, except for formats
+        whose markers are special tokens (Mistral's [TOOL_CALLS], Llama's <|python_tag|>),
+        which keep them (but not the end-of-turn token)."""
+        from rewards.native import KEEP_SPECIAL_TOKENS
+
+        if self.parser not in KEEP_SPECIAL_TOKENS:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        eos = self.tokenizer.eos_token_id
+        return self.tokenizer.decode(tokens[:-1] if tokens[-1:] == [eos] else tokens, skip_special_tokens=False)
+
     def rollout(self, engine, tasks: list[dict], n: int, sampling: SamplingParams) -> list[Rollout]:
         prompts = [self.prompt_ids(t) for t in tasks]
         samples = engine.generate(prompts, n, sampling)  # [B*n], groups contiguous
@@ -86,7 +106,7 @@ class SingleTurnEnv:
             task, prompt = tasks[i // n], prompts[i // n]
             rollouts.append(Rollout(
                 task=task, prompt=prompt, completion=s.completion, loss_mask=[1] * len(s.completion),
-                rollout_logprobs=s.rollout_logprobs, text=self.tokenizer.decode(s.completion, skip_special_tokens=True),
+                rollout_logprobs=s.rollout_logprobs, text=self.decode(s.completion),
                 finish_reason=s.finish_reason,
             ))
         return rollouts

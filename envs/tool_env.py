@@ -39,14 +39,14 @@ class ToolEnv(MultiTurnEnv):
         self.timeout_s, self.max_tool_tokens, self.truncate_side = timeout_s, max_tool_tokens, truncate_side
 
     @classmethod
-    def from_config(cls, cfg, tokenizer) -> "ToolEnv":
+    def from_config(cls, cfg, tokenizer, tool_format: str = "tool_n1") -> "ToolEnv":
         from envs.base import loop_kwargs
 
         from omegaconf import OmegaConf
 
         tools = OmegaConf.to_container(cfg.tools) if OmegaConf.is_config(cfg.tools) else list(cfg.tools or [])
         return cls(tokenizer, tools=tools or None, timeout_s=cfg.tool_timeout_s,
-                   max_tool_tokens=cfg.max_tool_tokens, truncate_side=cfg.truncate_side, **loop_kwargs(cfg))
+                   max_tool_tokens=cfg.max_tool_tokens, truncate_side=cfg.truncate_side, **loop_kwargs(cfg, tool_format))
 
     def offered(self, task: dict) -> dict:
         """The task with its tools: its own list, or every tool of the env."""

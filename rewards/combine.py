@@ -57,6 +57,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -71,6 +72,7 @@ from rewards.schema import schema_validity_reward
 from rewards.tool_n1 import format_reward, length_penalty, tool_n1_partial_reward, tool_n1_reward
 from rewards.toolrl import toolrl_correctness_reward, toolrl_format_reward, toolrl_reward
 
+log = logging.getLogger(__name__)
 RewardFn = Callable[..., list]
 REWARDS: dict[str, RewardFn] = {
     "tool_n1": tool_n1_reward,  # binary exact match, [0, 1]
@@ -264,6 +266,12 @@ def _instantiate(name: str, target: str, fn: Callable, arguments: dict, partial:
     return built
 
 
+def _takes_unbound(fn, name: str) -> bool:
+    """Whether fn names parameter `name` and no config binds it."""
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    return name not in bound and any(p.name == name for p in (_parameters(fn) or ()))
+
+
 def _has_var_keyword(fn) -> bool:
     """True where fn takes **kwargs, or has no signature to read."""
     params = _parameters(fn)
@@ -278,7 +286,7 @@ def _takes_completions(fn) -> bool:
 @dataclass
 class RewardResult:
     total: list[float]  # [N] weighted sum
-    per_function: dict[str, list[float]]  # name -> [N]
+    per_function: dict[str, list[float]]  # name -> [N]; NaN where the function returned None (skipped)
     reasons: dict[str, list[str | None]]  # name -> [N]; a reason wherever the value is not the maximum
 
 
@@ -310,25 +318,28 @@ def _items(raw) -> list | None:
 
 
 def checked_values(name: str, raw, n: int) -> list[float]:
-    """A reward's output as n finite floats; else a RewardError naming the reward and the first bad values."""
+    """A reward's output as n floats: finite numbers, and NaN where it returned None (TRL's "does
+    not apply to this completion"); else a RewardError naming the reward and the first bad values."""
     items = _items(raw)
     if items is None:
         raise RewardError(f"reward {name} returned {type(raw).__name__}, not a list of {n} numbers")
     if len(items) != n:
         raise RewardError(f"reward {name} returned {len(items)} values for {n} completions")
-    values = [_number(v) for v in items]
+    values = [math.nan if v is None else _number(v) for v in items]
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
         raise RewardError(f"reward {name} returned values that are not finite numbers for completions {bad[:5]}: "
-                          f"{[items[i] for i in bad[:5]]!r:.300}; a reward must return a finite number for each completion")
+                          f"{[items[i] for i in bad[:5]]!r:.300}; a reward must return a finite number (or None: it does "
+                          "not apply) for each completion")
     return values
 
 
 def checked_reasons(name: str, raw, values: list[float]) -> list[str | None]:
-    """The reasons a reward gave (Scores), or "zero" for each 0 where it gave none (plain TRL functions)."""
+    """The reasons a reward gave (Scores), or "zero" for each 0 and "skipped" for each None where
+    it gave none (plain TRL functions)."""
     given = getattr(raw, "reasons", None)
     if given is None:
-        return ["zero" if v == 0 else None for v in values]
+        return ["zero" if v == 0 else "skipped" if math.isnan(v) else None for v in values]
     if not isinstance(given, (list, tuple)) or len(given) != len(values):
         raise RewardError(f"reward {name} returned {len(values)} values but reasons {given!r:.200}")
     return list(given)
@@ -339,9 +350,11 @@ class WeightedReward:
     **columns): TRL's keywords (module docstring). A function that raises is a bug in that
     function and propagates as a RewardError naming it; so does a value that is not a finite
     number. A bad completion is the function's business (a 0 and a reason). `columns`: the
-    dataset's column names, when known, for the start-up check of required parameters."""
+    dataset's column names, when known, for the start-up check of required parameters.
+    `parser` (model.tool_format): bound to every function that takes a `parser` its entry's
+    kwargs do not set, so that one switch decides how every reward reads answers."""
 
-    def __init__(self, functions: list[Mapping], columns: Iterable[str] | None = None):
+    def __init__(self, functions: list[Mapping], columns: Iterable[str] | None = None, parser: str | None = None):
         if not functions:
             raise ValueError("reward.functions is empty: name at least one reward, e.g. {name: tool_n1, weight: 1.0}")
         columns = None if columns is None else frozenset(columns)
@@ -352,6 +365,8 @@ class WeightedReward:
             if not isinstance(spec, Mapping):
                 raise ValueError(f"reward entry {spec!r:.100} is not a mapping: write {{name: tool_n1, weight: 1.0}}")
             name, fn = resolve(spec, columns)
+            if parser is not None and _takes_unbound(fn, "parser"):  # model.tool_format reads the answers
+                fn = functools.partial(fn, parser=parser)
             if name in self.shapes:
                 raise ValueError(f"reward {name} is configured twice: give one of them another `name:`")
             self.functions.append((name, fn, _weight(name, spec.get("weight", 1.0))))
@@ -387,10 +402,13 @@ class WeightedReward:
             values = checked_values(name, raw, n)
             per_function[name] = values
             reasons[name] = checked_reasons(name, raw, values)
-            total = [t + weight * v for t, v in zip(total, values)]
+            total = [t if math.isnan(v) else t + weight * v for t, v in zip(total, values)]  # TRL's nansum
             if not all(map(math.isfinite, total)):
                 raise RewardError(f"reward {name} (weight {weight:g}) makes the total reward overflow to "
                                   f"{total!r:.200}; scale its values or its weight down")
+        skipped = sum(all(math.isnan(v[i]) for v in per_function.values()) for i in range(n))
+        if skipped:
+            log.warning("%d of %d completions got None from every reward function: their reward is 0", skipped, n)
         return RewardResult(total, per_function, reasons)
 
 

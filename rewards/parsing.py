@@ -201,7 +201,12 @@ PARSERS = {"tool_n1": parse_tool_n1, "hermes": parse_hermes}
 
 
 def get_parser(name: str):
-    """A parser by name; `template` is registered by the trainer for tokenizers that have one."""
+    """A parser by name: ours (tool_n1), hermes, the native formats of rewards/native.py
+    (llama3_json, mistral); `template` is registered by the trainer for tokenizers that have one."""
+    if name not in PARSERS:
+        from rewards.native import NATIVE
+
+        PARSERS.update({k: v for k, v in NATIVE.items() if k not in PARSERS})
     if name not in PARSERS:
         raise ValueError(f"parser {name!r} is unknown; choose from {sorted(PARSERS)}")
     return PARSERS[name]

@@ -74,10 +74,17 @@ GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo"}  # need G >= 2 (reinforce too wit
 def multi_reward(per_function: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
     """GDPO (TRL's multi_objective_aggregation="normalize_then_sum"): per_function [N, K]
     scores of K reward functions, weights [K] -> [N] weighted sum of each function's scores
-    normalised within its group, so a function with a large range cannot drown the others."""
+    normalised within its group, so a function with a large range cannot drown the others.
+    NaN (a function returned None: it does not apply) is left out of its group's mean and std
+    and adds nothing, as TRL's nanmean/nanstd/nansum do."""
     n, k = per_function.shape
     r = per_function.float().view(-1, group_size, k)  # [B, G, K]
-    normed = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + EPS)  # [B, G, K]
+    seen = ~torch.isnan(r)  # [B, G, K]
+    count = seen.sum(1, keepdim=True)  # [B, 1, K]
+    mean = torch.where(seen, r, 0.0).sum(1, keepdim=True) / count.clamp(min=1)  # [B, 1, K]
+    centred = torch.where(seen, r - mean, 0.0)  # [B, G, K]
+    std = (centred.pow(2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()  # [B, 1, K] unbiased, as torch.std
+    normed = centred / (std + EPS)  # [B, G, K]; 0 where skipped
     return (normed.view(n, k) * weights.float()[None, :]).sum(1)  # [N]
 
 

@@ -47,13 +47,14 @@ def checker():
     return ast_checker, Language
 
 
-FORMATS = ("tool_n1", "hermes", "bfcl", "auto")  # what `decode` reads; auto tries them in that order
+FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "bfcl", "auto")  # what `decode` reads; auto: in that order
 
 
 def decode(completion, fmt: str = "tool_n1", category: str = "simple_python") -> list[dict] | None:
     """A completion -> BFCL's decoded form [{"func": {"arg": value}}]; None if it does not parse.
-    fmt: tool_n1 (our answer format), hermes (<tool_call>{...}</tool_call> per call), bfcl
-    (BFCL's prompting format `[f(a=1), g(b="x")]`, decoded by bfcl_eval's own decoder), or auto.
+    fmt: tool_n1 (our answer format), hermes (<tool_call>{...}</tool_call> per call), the native
+    llama3_json and mistral formats (rewards/native.py), bfcl (BFCL's prompting format
+    `[f(a=1), g(b="x")]`, decoded by bfcl_eval's own decoder), or auto.
     A list is taken as already decoded, as in BFCL's result files of function-calling models
     ([{"func": {...}}] or [{"func": "<JSON arguments>"}])."""
     if isinstance(completion, list):
@@ -61,7 +62,7 @@ def decode(completion, fmt: str = "tool_n1", category: str = "simple_python") ->
     if not isinstance(completion, str):
         return None
     found = [_decode_bfcl(completion, category) if f == "bfcl" else _decode_ours(completion, f)
-             for f in (("tool_n1", "hermes", "bfcl") if fmt == "auto" else (fmt,))]
+             for f in (FORMATS[:-1] if fmt == "auto" else (fmt,))]
     # auto: the first format that finds calls; else the first that reads the text at all (an explicit [])
     return next((d for d in found if d), next((d for d in found if d is not None), None))
 

@@ -31,6 +31,11 @@ class ModelConfig:
     dtype: str = "float32"  # weights the optimizer updates: float32 | bfloat16
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    # how the model calls tools, everywhere (prompt, parser, rewards, SFT answers, eval, BFCL, multi-turn):
+    # tool_n1 (our system prompt, <think> + a JSON list) | hermes | llama3_json | mistral (the chat template's
+    # own tools prompt and that format) | template (the tokenizer's own response parser)
+    tool_format: str = "tool_n1"
+    chat_template: Optional[str] = None  # a .jinja file or the template text, replacing the tokenizer's
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -135,7 +140,7 @@ class DataConfig:
 class EnvConfig:
     name: str = "single_turn"
     system_prompt: Optional[str] = None  # `{tools}` is replaced by the tools' JSON; null = Tool-N1 prompt
-    use_template_tools: bool = False  # render tools with the tokenizer's chat template instead
+    use_template_tools: Optional[bool] = None  # render tools with the chat template; null = unless model.tool_format=tool_n1
     # multi-turn (tool_env and envs built on envs/multi_turn.py)
     tools: list[Any] = field(default_factory=list)  # tool_env: names, {_target_: ...}, {mcp: {...}} (tools/sources.py); [] = built-ins
     max_turns: int = 3  # model turns per user message
@@ -144,7 +149,7 @@ class EnvConfig:
     max_tool_tokens: Optional[int] = 1024  # a longer tool result is cut, with a note the model reads
     truncate_side: str = "right"  # right: keep the start of a long result; left: keep its end
     tool_timeout_s: float = 5.0  # wall-clock limit of one tool call
-    parser: str = "tool_n1"  # how a model turn's calls are read: tool_n1 | hermes
+    parser: Optional[str] = None  # how a model turn's calls are read; null = model.tool_format
     check_drift: bool = True  # compare each episode's ids with a fresh render of its conversation
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -46,7 +47,8 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
         for j, r in enumerate(rollouts):
             generations.append({
                 "id": r.task.get("id"), "category": r.task.get("category", "default"), "sample": j % k,
-                "completion": r.text, **{name: values[j] for name, values in scored.per_function.items()},
+                "completion": r.text,
+                **{name: None if math.isnan(values[j]) else values[j] for name, values in scored.per_function.items()},
                 "reason": scored.reasons[exact_match][j] if exact_match in scored.reasons else None,
                 **({"episode": episode_summary(r.episode)} if r.episode is not None else {}),
             })
@@ -64,7 +66,7 @@ def evaluate(engine, env, tasks: list[dict], reward_fn, exact_match: str, sampli
     if exact_match in names:
         metrics["eval/exact_match"] = metrics[f"eval/{exact_match}"]
         if k > 1:
-            metrics.update(pass_and_mean_at_k([g[exact_match] for g in generations], k))
+            metrics.update(pass_and_mean_at_k([g[exact_match] or 0.0 for g in generations], k))
     for reason, count in count_reasons(g["reason"] for g in generations).items():
         metrics[f"eval/reason/{reason}"] = count / len(generations)
     metrics.update(episode_metrics([g.get("episode") for g in generations], "eval/"))
@@ -96,7 +98,8 @@ def evaluate_bfcl(engine, env, categories: list[str], limit: int | None, samplin
         mine = dist.share(entries) if dist is not None else entries
         tasks = [bfcl.to_task(e) for e in mine]
         texts = [r.text for i in range(0, len(tasks), batch) for r in env.rollout(engine, tasks[i : i + batch], 1, greedy)]
-        rows = [(entry["id"], text, bfcl.score_entry(entry, text)) for entry, text in zip(mine, texts)]
+        fmt = getattr(env, "parser", "tool_n1")  # model.tool_format
+        rows = [(entry["id"], text, bfcl.score_entry(entry, text, fmt)) for entry, text in zip(mine, texts)]
         if dist is not None:
             rows = dist.gather(rows)
         results = [r for _, _, r in rows]
@@ -197,7 +200,8 @@ def count_reasons(reasons) -> dict[str, int]:
 
 
 def mean(values) -> float:
-    values = list(values)
+    """Of the values that are not None (a reward that did not apply); NaN if there are none."""
+    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
 
 

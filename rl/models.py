@@ -67,6 +67,12 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.tokenizer or cfg.name_or_path), trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.get("chat_template"):  # a file, or the template itself
+        path = Path(cfg.chat_template)
+        tokenizer.chat_template = path.read_text(encoding="utf-8") if "{" not in cfg.chat_template and path.exists() \
+            else cfg.chat_template
+        if "{" not in tokenizer.chat_template:
+            raise ValueError(f"model.chat_template={cfg.chat_template!r} is neither a Jinja template nor a file that exists")
     if tokenizer.chat_template is None:
         raise ValueError(
             f"tokenizer of {cfg.tokenizer or cfg.name_or_path} has no chat template: set model.tokenizer to an instruct "

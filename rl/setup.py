@@ -50,6 +50,9 @@ def check_world(cfg, world: int) -> None:
                              f"whole groups for an equal share of the prompts; use a multiple of {world}")
 
 
+TOOL_FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "template")
+
+
 def check_config(cfg, world: int) -> None:
     """Every value range, before a model loads or anything is written: a bad value fails here
     naming its key, never as a ZeroDivisionError after checkpoint-0."""
@@ -74,13 +77,14 @@ def check_config(cfg, world: int) -> None:
         ("algo.sampling.max_new_tokens", smp.max_new_tokens, smp.max_new_tokens >= 1, ">= 1"),
         ("trainer.optimizer", t.optimizer, t.optimizer in optim.OPTIMIZERS, " | ".join(optim.OPTIMIZERS)),
         ("data.max_skipped_share", cfg.data.max_skipped_share, 0 <= cfg.data.max_skipped_share <= 1, "in [0, 1]"),
+        ("model.tool_format", cfg.model.tool_format, cfg.model.tool_format in TOOL_FORMATS, " | ".join(TOOL_FORMATS)),
     ]
     for key, value, ok, want in rules:
         if not ok:
             raise ValueError(f"{key}={value}: use {want}")
     algo_.check(cfg.algo, t.batch_size, world)
     check_world(cfg, world)
-    WeightedReward(list(cfg.reward.functions))  # every reward resolves: names, keys, kwargs, signatures
+    WeightedReward(list(cfg.reward.functions), parser=cfg.model.tool_format)  # every reward resolves: names, keys, kwargs, signatures
 
 
 @dataclass
@@ -105,6 +109,9 @@ class Setup:
         tokenizer = load_tokenizer(cfg.model)
         if getattr(tokenizer, "response_template", None):  # the model's own parser: reward kwarg parser=template
             PARSERS["template"] = template_parser(tokenizer)
+        elif cfg.model.tool_format == "template":
+            raise ValueError(f"model.tool_format=template, but the tokenizer of {cfg.model.name_or_path} has no response "
+                             "template (transformers' parse_response): use hermes, llama3_json or mistral")
         with torch.random.fork_rng(devices=[]):  # model init draws its own seeds
             policy = policy_.build(cfg, tokenizer, dist)
         seed_everything(cfg.trainer.seed + dist.rank)  # each rank samples its own completions
@@ -120,11 +127,12 @@ class Setup:
             policy=policy,
             tokenizer=tokenizer,
             engine=make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed + dist.rank),
-            env=make_env(cfg.env, tokenizer),
+            env=make_env(cfg.env, tokenizer, cfg.model.tool_format),
             train_tasks=train_tasks,
             eval_tasks=eval_tasks,
             reward_fn=WeightedReward(list(cfg.reward.functions),  # columns: for the check of required parameters
-                                     columns={k for t in (*train_tasks, *eval_tasks) for k in t}),
+                                     columns={k for t in (*train_tasks, *eval_tasks) for k in t},
+                                     parser=cfg.model.tool_format),
             sampling=SamplingParams(s.temperature, s.top_p, s.max_new_tokens, tuple(s.stop)),
             logger=logger,
             device=dist.device,

@@ -29,7 +29,7 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
         return env.gold_rollouts(tasks)
     rollouts = []
     for task in tasks:
-        answer = gold_answer(task)
+        answer = gold_answer(task, getattr(env, "parser", "tool_n1"))
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         rollouts.append(Rollout(task=task, prompt=env.prompt_ids(task), completion=ids, loss_mask=[1] * len(ids),
                                 rollout_logprobs=[0.0] * len(ids), text=answer, finish_reason="stop"))

@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> dict:
     opt, sched = make_optimizer(cfg.trainer, policy, algo.ppo_epochs * algo.mini_batches)
     data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed, cfg.data.stratify)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
-    run_eval = lambda: held_out_eval(cfg, s, eval_tasks)  # noqa: E731
+    run_eval = lambda step=0: held_out_eval(cfg, s, eval_tasks, TrainerState(step, cfg.trainer.steps))  # noqa: E731
 
     if resume_from is not None:
         state = checkpoint.load(resume_from, policy, opt)
@@ -123,9 +123,9 @@ def train(cfg: DictConfig) -> dict:
         metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, **sampled, "lr": sched.get_last_lr()[0],
                    "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0)}  # engines that check their sync
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
-            metrics.update(run_eval())
+            metrics.update(run_eval(step))
         if step == cfg.trainer.steps:
-            summary["after_rl"] = run_eval()
+            summary["after_rl"] = run_eval(step)
             metrics.update(summary["after_rl"])
         s.logger.log(step, metrics)
         s.logger.samples(step, sample_rows(rollouts, scored))
@@ -146,13 +146,14 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def held_out_eval(cfg, s, eval_tasks) -> dict:
+def held_out_eval(cfg, s, eval_tasks, trainer_state: TrainerState | None = None) -> dict:
     """eval/* on the held-out split (pass@k with trainer.eval_k > 1) and bfcl/* on the
     configured BFCL categories: logged apart from the training reward. Under torchrun each
-    rank answers its share and the scores are gathered."""
+    rank answers its share and the scores are gathered. Rewards get `trainer_state` (the RL
+    steps done, and trainer.steps), as in training."""
     t, dist = cfg.trainer, s.policy.dist
     metrics = evaluate(s.engine, s.env, eval_tasks, s.reward_fn, cfg.reward.exact_match, s.sampling, t.eval_batch,
-                       t.eval_k, dist)[0]
+                       t.eval_k, dist, trainer_state)[0]
     if t.eval_bfcl:
         metrics.update(evaluate_bfcl(s.engine, s.env, list(t.eval_bfcl), t.eval_bfcl_limit, s.sampling, t.eval_batch,
                                      dist)[0])
@@ -273,7 +274,8 @@ def reward_metrics(scored, group_size: int) -> dict:
          "zero_variance_groups": zero_variance_share(rewards, group_size)}
     for name, values in scored.per_function.items():
         v = torch.tensor(values)
-        m[f"reward/{name}"] = v.mean().item()
+        v = v[~torch.isnan(v)]  # None: the function did not apply
+        m[f"reward/{name}"] = v.mean().item() if len(v) else float("nan")
         m[f"reward/{name}_std"] = v.std().item() if len(v) > 1 else 0.0
         for reason, count in count_reasons(scored.reasons[name]).items():
             m[f"reason/{name}/{reason}"] = count / len(values)

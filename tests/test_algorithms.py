@@ -155,6 +155,34 @@ def test_multi_reward_gives_functions_equal_influence():
                           torch.tensor([[1.0, 1.0, -1.0, -1.0]] * 2), atol=1e-3)
 
 
+def test_multi_reward_leaves_out_skipped_values():
+    nan = float("nan")
+    # one group of 4; function a skipped (None) for the last two: a = [1, 0, -, -] -> mean 0.5,
+    # unbiased std sqrt((0.25 + 0.25) / 1) = 0.707 -> [0.707, -0.707, 0, 0]; b = [0, 1, 0, 1]:
+    # mean 0.5, std sqrt(4 * 0.25 / 3) = 0.577 -> [-0.866, 0.866, -0.866, 0.866]
+    per_function = torch.tensor([[1.0, 0.0], [0.0, 1.0], [nan, 0.0], [nan, 1.0]])
+    out = multi_reward(per_function, torch.tensor([1.0, 1.0]), 4)
+    assert torch.allclose(out, torch.tensor([0.7071 - 0.8660, -0.7071 + 0.8660, -0.8660, 0.8660]), atol=1e-3)
+    # against a plain loop over groups and functions on random inputs with random skips
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(12, 3, generator=g)
+    values[torch.rand(12, 3, generator=g) < 0.3] = nan
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    expected = torch.zeros(12)
+    for b in range(3):
+        for k in range(3):
+            col = [values[b * 4 + j, k].item() for j in range(4)]
+            kept = [v for v in col if v == v]
+            if not kept:
+                continue
+            mu = sum(kept) / len(kept)
+            sd = (sum((v - mu) ** 2 for v in kept) / max(len(kept) - 1, 1)) ** 0.5
+            for j, v in enumerate(col):
+                if v == v:
+                    expected[b * 4 + j] += weights[k] * (v - mu) / (sd + 1e-4)  # EPS
+    assert torch.allclose(multi_reward(values, weights, 4), expected, atol=1e-4)
+
+
 def test_overlong_penalty_by_hand():
     # max_len 10, buffer 4, penalty 1: 0 up to 10 - 4 = 6, then -(l - 6) / 4: -0.25 at 7, -0.5 at 8,
     # -1 at 10, and -1 (DAPO's cap) beyond

@@ -207,13 +207,12 @@ def test_a_run_with_trl_rewards(tiny, tmp_path):
     assert len(steps) == 2
     for key in ("reward/think_format_reward", "reward/get_soft_overlong_punishment", "reward/scaled_length"):
         assert all(key in r for r in steps), key
-    training = [s for s in SEEN if s["trainer_state"].max_steps == 2]
-    assert len(training) == 2  # one call per step (evaluation calls come with the default state)
+    # the base eval, one call per RL step (the steps done before it), the final eval (after step 2)
+    assert [(s["trainer_state"].global_step, s["trainer_state"].max_steps) for s in SEEN] == [(0, 2), (0, 2), (1, 2), (2, 2)]
     for s in SEEN:
         assert all(p.startswith("<|im_start|>") and "<|im_start|>assistant" in p for p in s["prompts"])
         assert all(isinstance(ids, list) and len(ids) <= 8 for ids in s["completion_ids"])
         assert {"ground_truth", "messages", "tools"} <= set(s["columns"])
-    assert [s["trainer_state"].global_step for s in training] == [0, 1]
 
 
 # --- 4. our rewards under TRL's GRPOTrainer report their reasons ---------------------------------
@@ -265,3 +264,36 @@ def test_our_rewards_in_trls_grpo_trainer(tmp_path):
         assert len(reasons) == 4 and all(isinstance(r, str) for r in reasons), reasons
         shares = {k.removeprefix(f"reason/{fn}/"): v for k, v in logged.items() if k.startswith(f"reason/{fn}/")}
         assert shares == {r: pytest.approx(reasons.count(r) / 4) for r in shares} and set(reasons) <= set(shares)
+
+
+# --- 5. None: a reward that does not apply to a completion (TRL's convention) --------------------
+def only_long(completions, **kwargs):
+    """1 for long answers, None (does not apply) for short ones, as TRL's multi-task rewards do."""
+    return [1.0 if len(c) > 5 else None for c in completions]
+
+
+def test_none_means_the_reward_does_not_apply():
+    fn = WeightedReward([{"_target_": "tests.test_trl_rewards.only_long", "weight": 2.0},
+                         {"name": "format", "weight": 0.5}])
+    good = "<think>a</think>\n<tool_call>[]</tool_call>"
+    scored = fn([good, "abc", "abcdefgh"], ground_truth=[[]] * 3)
+    # TRL's nansum: a None adds nothing; NaN in per_function, reason "skipped"
+    assert scored.total == [2.0 + 0.5, 0.0, 2.0]
+    assert scored.per_function["only_long"][0] == 1.0 and scored.per_function["only_long"][1] != scored.per_function["only_long"][1]
+    assert scored.reasons["only_long"] == [None, "skipped", None]
+    with pytest.raises(ValueError, match="finite number .or None"):
+        WeightedReward([{"_target_": "tests.test_trl_rewards.inf_reward"}])(["a"], ground_truth=[[]])
+
+
+def inf_reward(completions, **kwargs):
+    return [float("inf")] * len(completions)
+
+
+def test_a_run_with_a_reward_that_returns_none(tiny, tmp_path):
+    from rl.train import train
+
+    summary = train(tiny("reward.functions=[{name: tool_n1}, {_target_: tests.test_trl_rewards.only_long, weight: 0.5}]",
+                         "algo.reward_norm=per_function", "trainer.eval_size=2"))
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in steps if "loss" in r)  # finite: the skipped values did not spread NaN
+    assert "after_rl" in summary
