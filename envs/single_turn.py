@@ -26,7 +26,7 @@ def gold_answer(task: dict, fmt: str = "tool_n1") -> str:
     if fmt != "tool_n1":
         from rewards.native import render_native
 
-        return render_native(calls, fmt) if calls else "None of the functions can do this."
+        return render_native(calls, fmt)  # no calls: its NO_CALL_TEXT, which every parser reads as []
     names = sorted({c["name"] for c in calls})
     if not calls:
         think = "None of the functions can do this."

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 
 from envs.multi_turn import Episode, MultiTurnEnv
-from tools.sandbox import ToolResult, run_calls
+from tools.sandbox import run_calls, unknown_tool
 from tools.sources import ToolBox, toolbox
 
 DEFAULT_TOOLS = ("calculate", "convert_units", "add_days", "days_between", {"_target_": "tools.builtin.KeyValueStore"})
@@ -72,20 +72,19 @@ class ToolEnv(MultiTurnEnv):
     def env_responses(self, items: list[tuple[Episode, dict]]) -> list[list[dict]]:
         """Every call of every episode in one concurrent batch; then one tool message per call
         (or, after an answer, the task's next user message)."""
-        pairs, where = [], []
+        pairs, where = [], []  # (tool, call) of every call, and the index of its episode
         for i, (e, turn) in enumerate(items):
             offered = {t["name"] for t in e.task["tools"]}
-            for j, call in enumerate(turn["calls"]):
+            for call in turn["calls"]:
                 tool = e.tools.tools.get(call["name"]) if call["name"] in offered else None
                 pairs.append((tool, call))
-                where.append((i, j))
+                where.append(i)
         results = run_calls(pairs, timeout_s=self.timeout_s) if pairs else []
         replies: list[list[dict]] = [[] for _ in items]
-        for (i, _j), (tool, call), result in zip(where, pairs, results):
+        for i, (tool, call), result in zip(where, pairs, results):
             e, turn = items[i]
-            if tool is None:
-                result = ToolResult(f"Error: no tool named {call['name']!r}; available: "
-                                    f"{sorted(t['name'] for t in e.task['tools'])}", ok=False, error="unknown_tool")
+            if tool is None:  # the sandbox's message, with this episode's tools
+                result = unknown_tool(call["name"], [t["name"] for t in e.task["tools"]])
             content = self.cut(result.content)
             turn["results"].append({"name": call["name"], "content": content, "ok": result.ok, "error": result.error})
             replies[i].append({"role": "tool", "name": call["name"], "content": content})

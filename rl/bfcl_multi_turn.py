@@ -24,8 +24,8 @@ import functools
 import json
 import uuid
 
-from envs.bfcl_multi_turn import (CLASSES, MULTI_TURN, BFCLTools, bfcl_class, func_docs,  # noqa: F401
-                                  generate_tasks, load_multi_turn, package_dir, parse_call, render_call)
+from envs.bfcl_multi_turn import (CLASSES, bfcl_class, func_docs, load_multi_turn, package_dir, parse_call,
+                                  render_call)
 from rl.bfcl import checker as single_turn_checker
 from rl.bfcl import summarize
 from tools.registry import Tool

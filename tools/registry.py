@@ -93,17 +93,24 @@ def tool(fn: Callable | None = None, *, isolated: bool = True, name: str | None 
     return register(fn) if fn is not None else register
 
 
-def get_tool(name: str) -> Tool:
-    """A registered tool, a built-in one, or one from an installed plugin."""
+def lookup(name: str):
+    """A registered or built-in Tool, or what the installed plugin of that name loads (a Tool,
+    a function, a tool class); None if there is neither."""
     import tools.builtin  # noqa: F401  registers the built-in tools
 
     if name in REGISTRY:
         return REGISTRY[name]
     plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    if name in plugins:
-        obj = plugins[name].load()
-        found = obj if isinstance(obj, Tool) else Tool.from_function(obj)
-        REGISTRY[name] = found
-        return found
-    raise KeyError(f"tool {name!r} is unknown: registered tools are {sorted(REGISTRY)}, plugins ({ENTRY_POINT_GROUP}) "
-                   f"are {sorted(plugins)}")
+    return plugins[name].load() if name in plugins else None
+
+
+def get_tool(name: str) -> Tool:
+    """A registered tool, a built-in one, or one from an installed plugin."""
+    obj = lookup(name)
+    if obj is None:
+        plugins = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise KeyError(f"tool {name!r} is unknown: registered tools are {sorted(REGISTRY)}, plugins "
+                       f"({ENTRY_POINT_GROUP}) are {plugins}")
+    found = obj if isinstance(obj, Tool) else Tool.from_function(obj)
+    REGISTRY[name] = found
+    return found

@@ -62,7 +62,7 @@ from tools.limits import (STRICT_ENV, Limits, StrictUnavailable, confine, cut, g
 from tools.registry import Tool
 from tools.validation import PatternTimeout, first_error, pattern_budget, schema_validator
 
-__all__ = ["Limits", "ToolResult", "run_call", "run_calls", "run_named", "strict_available", "validate"]
+__all__ = ["Limits", "ToolResult", "run_call", "run_calls", "run_named", "strict_available", "unknown_tool", "validate"]
 
 POLL_S = 0.05  # how often the parent counts each call's processes
 MAX_THREADS = 8  # in-process calls running at once
@@ -280,6 +280,12 @@ def _in_process(tool: Tool, arguments: dict, limits: Limits) -> ToolResult:
         return ToolResult(cut(f"Error: {type(e).__name__}: {e}", limits.max_result_chars), ok=False, error="exception")
 
 
+def unknown_tool(name, available: Iterable[str] | None = None) -> ToolResult:
+    """The message for a call of a tool that does not exist (or that the task does not offer)."""
+    known = f"; available: {sorted(available)}" if available is not None else ""
+    return ToolResult(f"Error: no tool named {name!r}{known}", ok=False, error="unknown_tool")
+
+
 def run_calls(pairs: list[tuple[Tool | None, dict]], timeout_s: float = 5.0, memory_mb: int | None = None,
               limits: Limits | None = None, available: Iterable[str] | None = None) -> list[ToolResult]:
     """Run one turn's calls [(tool or None when the name is unknown, {"name", "arguments"})]
@@ -292,8 +298,7 @@ def run_calls(pairs: list[tuple[Tool | None, dict]], timeout_s: float = 5.0, mem
     for i, (tool, call) in enumerate(pairs):
         call = call if isinstance(call, dict) else {}
         if tool is None:
-            known = f"; available: {sorted(available)}" if available is not None else ""
-            results[i] = ToolResult(f"Error: no tool named {call.get('name')!r}{known}", ok=False, error="unknown_tool")
+            results[i] = unknown_tool(call.get("name"), available)
         elif problem := validate(tool, arguments := call.get("arguments", {})):
             results[i] = ToolResult(problem, ok=False, error="invalid_arguments")
         elif tool.isolated:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from importlib.metadata import entry_points
-
-from tools.registry import ENTRY_POINT_GROUP, REGISTRY, EpisodeTools, Tool, ToolSource, get_tool
+from tools.registry import EpisodeTools, Tool, ToolSource, get_tool, lookup
 
 
 class FixedTools:
@@ -178,14 +176,10 @@ def source_of(obj, where: str, init: dict | None = None) -> ToolSource:
 def tool_source(entry, where: str = "env.tools") -> ToolSource:
     """One entry of env.tools as a ToolSource (see the module docstring for the shapes)."""
     if isinstance(entry, str):
-        import tools.builtin  # noqa: F401  registers the built-in tools
-
-        if entry in REGISTRY:
-            return FunctionTools([REGISTRY[entry]])
-        plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-        if entry in plugins:
-            return source_of(plugins[entry].load(), f"{where}: {entry}")
-        get_tool(entry)  # raises with the names that exist
+        found = lookup(entry)
+        if found is None:
+            get_tool(entry)  # raises with the names that exist
+        return source_of(found, f"{where}: {entry}")
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: {entry!r} is not a tool: give a tool name, {{_target_: module.function_or_class}} "
                          "or {mcp: {command: ...}}")

@@ -4,6 +4,7 @@ the trainer's process (isolated=False) with schema validation and error messages
 from __future__ import annotations
 
 from tools.registry import Tool
+from tools.sources import StatefulInstances
 
 
 class KeyValueStore:
@@ -47,4 +48,5 @@ class KeyValueStore:
         return {"data": dict(self.data)}
 
     def tools(self) -> list[Tool]:
-        return [Tool.from_function(f, isolated=False).with_serial(id(self)) for f in (self.kv_set, self.kv_get, self.kv_delete)]
+        """This store's tools, as env.tools makes them for a stateful class (tools/sources.py)."""
+        return list(StatefulInstances([self], {}).tools.values())
