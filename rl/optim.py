@@ -55,3 +55,16 @@ def make_optimizer(cfg, policy, per_step: int = 1):
 
     factor(0)  # fail on a bad schedule name now, not at the first step
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def set_base_lr(opt, sched, lr: float) -> bool:
+    """Make `lr` the schedule's base LR at its current position; True if it changed. A resume
+    loads the saved optimizer and schedule, which carry the first launch's LR: this lets a
+    resumed run take a new trainer.lr (as the NaN-checkpoint message advises)."""
+    if all(base == lr for base in sched.base_lrs):
+        return False
+    sched.base_lrs = [lr for _ in opt.param_groups]
+    for group, lmbda in zip(opt.param_groups, sched.lr_lambdas):
+        group["initial_lr"], group["lr"] = lr, lr * lmbda(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
+    return True

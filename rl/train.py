@@ -49,7 +49,7 @@ from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import count_reasons, episode_metrics, episode_summary, evaluate, evaluate_bfcl, reward_inputs
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics
-from rl.optim import make_optimizer
+from rl.optim import make_optimizer, set_base_lr
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import warm_up
@@ -80,6 +80,8 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is not None:
         state = checkpoint.load(resume_from, policy, opt)
         sched.load_state_dict(state["scheduler"])
+        if set_base_lr(opt, sched, cfg.trainer.lr):
+            log.info("trainer.lr=%g replaces the LR the checkpoint was trained with", cfg.trainer.lr)
         data.load_state_dict(state["data"])
         start, summary = state["step"], state["summary"]
         s.engine.load_weights(policy)

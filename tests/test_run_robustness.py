@@ -97,6 +97,14 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tiny, tmp_path, cap
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2]
 
 
+def test_a_resume_takes_the_new_trainer_lr(tiny, tmp_path):
+    """The optimizer and schedule a checkpoint saves carry the first launch's LR; a resume with
+    another trainer.lr (the NaN-checkpoint message's advice) trains with the new one."""
+    train(tiny(*DENSE, "trainer.lr=1e-3", "trainer.steps=1"))
+    train(tiny(*DENSE, "trainer.lr=2e-4", "trainer.steps=2", "trainer.resume=true"))
+    assert [r["lr"] for r in metrics(tmp_path) if "loss" in r] == pytest.approx([1e-3, 2e-4])
+
+
 def test_every_launch_keeps_its_own_overrides(tmp_path):
     run = [sys.executable, "-m", "rl.train", "experiment=smoke", f"trainer.output_dir={tmp_path}"]
     for extra in (["trainer.steps=1"], ["trainer.steps=2", "trainer.resume=true"]):
