@@ -28,6 +28,7 @@ import random
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,7 +71,8 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
     if d.main:
         output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(d.broadcast(tempfile.mkdtemp(dir=output_dir, prefix=".tmp-checkpoint-") if d.main else None))
-    save_weights(policy, tokenizer, tmp)
+    with _write_errors(tmp, step, d):
+        save_weights(policy, tokenizer, tmp)
     state = {**trainer_state, "step": step, "world_size": d.world}
     if d.distributed:
         import torch.distributed.checkpoint as dcp
@@ -83,9 +85,10 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
     d.barrier()
     final = output_dir / f"checkpoint-{step}"
     if d.main:
-        (tmp / META).write_text(json.dumps({"step": step, "world_size": d.world, "lora": policy.lora}))
-        torch.save(state, tmp / STATE)
-        write_manifest(tmp)
+        with _write_errors(tmp, step, d):
+            (tmp / META).write_text(json.dumps({"step": step, "world_size": d.world, "lora": policy.lora}))
+            torch.save(state, tmp / STATE)
+            write_manifest(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -94,6 +97,21 @@ def save(output_dir: Path, step: int, policy, tokenizer, optimizer, trainer_stat
                 shutil.rmtree(old, ignore_errors=True)
     d.barrier()
     return final
+
+
+@contextmanager
+def _write_errors(tmp: Path, step: int, dist):
+    """A failed write (a full disk makes torch.save say only "unexpected pos") becomes an error
+    naming the folder, the free space and how to go on; in one process the partial folder goes."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        free = shutil.disk_usage(tmp.parent).free / 1e9
+        if not dist.distributed:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"could not write checkpoint-{step} into {tmp.parent} ({free:.1f} GB free on that disk): {e}. "
+                           f"Free some space (trainer.keep_last keeps fewer checkpoints) and resume with "
+                           f"trainer.resume=true: the last complete checkpoint there is kept") from e
 
 
 def save_weights(policy, tokenizer, folder: Path) -> None:

@@ -74,6 +74,25 @@ def test_saving_non_finite_weights_is_refused(tiny, tmp_path):
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
+def test_a_failed_write_names_the_folder_and_the_free_space(tiny, tmp_path, monkeypatch):
+    from rl.setup import Setup
+    from rl.train import make_optimizer
+
+    s = Setup.build(tiny())
+    opt, _ = make_optimizer(tiny().trainer, s.policy)
+    real = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # what torch.save says when the disk fills mid-write
+        if str(f).endswith(checkpoint.STATE):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 70144 vs 70036")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(RuntimeError, match=r"could not write checkpoint-3 into .* GB free on that disk.*trainer.resume=true"):
+        checkpoint.save(tmp_path, 3, s.policy, s.tokenizer, opt, {}, 2)
+    assert not list(tmp_path.glob("checkpoint-*")) and not list(tmp_path.glob(".tmp-checkpoint-*"))
+
+
 @pytest.mark.parametrize("damage", ["truncate_weights", "delete_weights", "corrupt_state", "delete_manifest_file"])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tiny, tmp_path, caplog, damage):
     train(tiny(*DENSE, "trainer.keep_last=3"))
