@@ -179,6 +179,20 @@ def test_deep_arguments_against_a_recursive_schema_are_a_reason():
     assert out == [0.0] and out.reasons == ["arguments_too_deep"]
 
 
+def test_a_self_negating_schema_is_a_reason_at_every_stack_depth():
+    """{"not": {"$ref": "#"}} recurses without end; where the recursion limit lands inside
+    referencing's Rust maps it surfaced as pyo3's PanicException (a BaseException), found by the fuzz suite."""
+    tools = [{"name": "f", "parameters": {"type": "object", "not": {"$ref": "#"}}}]
+    text = '<think>t</think><tool_call>[{"name": "f", "arguments": {"a": 1}}]</tool_call>'
+
+    def at_depth(n):
+        return at_depth(n - 1) if n else schema_validity_reward([text], [tools])
+
+    for depth in range(12):  # the panic showed at every 5th depth
+        out = at_depth(depth)
+        assert out == [0.0] and out.reasons[0] is not None, depth
+
+
 # --- 4. WeightedReward names the culprit ----------------------------------------------------
 def returns_inf(completions, **kwargs):
     return [1.0, math.inf, -math.inf][: len(completions)]

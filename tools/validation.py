@@ -122,5 +122,12 @@ def schema_validator(schema: dict):
 def first_error(validator_, arguments) -> ValidationError | None:
     """The shallowest of the arguments' first MAX_ERRORS violations, or None. Raises
     PatternTimeout, referencing's Unresolvable or RecursionError where the check cannot finish."""
-    errors = itertools.islice(validator_.iter_errors(arguments), MAX_ERRORS)
-    return min(errors, key=lambda e: list(map(str, e.path)), default=None)
+    try:
+        errors = itertools.islice(validator_.iter_errors(arguments), MAX_ERRORS)
+        return min(errors, key=lambda e: list(map(str, e.path)), default=None)
+    except BaseException as e:  # noqa: B036
+        # A RecursionError that lands inside referencing's Rust maps (rpds) comes out as pyo3's
+        # PanicException, a BaseException that `except Exception` misses: it is the same error.
+        if type(e).__name__ == "PanicException":
+            raise RecursionError(f"the schema recurses too deep to check ({e})") from e
+        raise
