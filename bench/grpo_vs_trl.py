@@ -12,8 +12,9 @@ The workload, identical for both systems:
 - batch: `prompts` random-word prompts of exactly `prompt_len` tokens (the same ids for both;
   TRL gets their text, which tokenizes back to exactly those ids: checked), `group`
   completions each, sampled at temperature 1, top-p 1, every completion exactly
-  `completion_len` tokens long (EOS suppressed until then: transformers' min_new_tokens,
-  vLLM's min_tokens; checked on every completion);
+  `completion_len` tokens long (EOS suppressed until then: SamplingParams.min_new_tokens, which
+  the engines pass on as vLLM's min_tokens; TRL: transformers' min_new_tokens; checked on every
+  completion);
 - reward: the decoded completion's length in characters / 100 (the same function for both; it
   differs within a group, so advantages are not zero);
 - algorithm: GRPO, group mean/std advantages, PPO-clip 0.2, sequence-mean of token-means
@@ -256,26 +257,6 @@ class FixedPromptEnv:
                 for i, s in enumerate(samples)]
 
 
-def force_length(engine, length: int) -> None:
-    """Every completion exactly `length` tokens: EOS is suppressed until then."""
-    from rl.engines.hf import HFEngine
-
-    if isinstance(engine, HFEngine):
-        config = engine.model.generation_config  # generate() starts from it; the engine's kwargs say nothing of these
-        config.eos_token_id = sorted(engine.eos_ids)  # every id the engine ends a completion at
-        config.min_new_tokens = length
-        return
-    make_params = engine._params  # vLLM: the engine's own sampling params, plus min_tokens
-
-    def forced(s, seed=None):
-        params = make_params(s, seed)
-        if seed is None:  # a rollout request (the sync probe passes its seed and keeps its own length)
-            params.min_tokens = params.max_tokens
-        return params
-
-    engine._params = forced
-
-
 def run_ours(a, w: dict, prompts) -> dict:
     import torch
 
@@ -297,13 +278,14 @@ def run_ours(a, w: dict, prompts) -> dict:
         policy = policy_.build(cfg, tokenizer, dist)
     seed_everything(cfg.trainer.seed)
     engine = make_engine(cfg.engine, policy, tokenizer, cfg.trainer.seed)
-    force_length(engine, w["completion_len"])
     gen_times: list[float] = []
     engine.generate = timed(engine.generate, gen_times, w["device"])
     smp = cfg.algo.sampling
     s = Setup(policy=policy, tokenizer=tokenizer, engine=engine, env=FixedPromptEnv(tokenizer), train_tasks=[],
               eval_tasks=[], reward_fn=WeightedReward([{"_target_": f"{__name__}.length_reward", "name": "length"}]),
-              sampling=SamplingParams(smp.temperature, smp.top_p, smp.max_new_tokens, tuple(smp.stop)), logger=None,
+              sampling=SamplingParams(smp.temperature, smp.top_p, smp.max_new_tokens, tuple(smp.stop),
+                                      min_new_tokens=w["completion_len"]),  # forced length: EOS suppressed until then
+              logger=None,
               device=dist.device)
     algo, G = cfg.algo, cfg.algo.group_size
     opt, sched = make_optimizer(cfg.trainer, policy, algo.ppo_epochs * algo.mini_batches)

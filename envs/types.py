@@ -25,6 +25,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()  # generation also ends on these strings (kept in the output)
+    min_new_tokens: int = 0  # EOS is suppressed before this many tokens (bench/: forced lengths)
 
 
 @dataclass

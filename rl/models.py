@@ -14,6 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rl import attention
+
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2-135m"
@@ -111,7 +113,9 @@ def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, device: torc
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return model.to(device)
+    model = model.to(device)
+    attention.use_on_cpu(model)
+    return model
 
 
 _BASE_KEYS = ("name_or_path", "init", "architecture", "config_overrides", "init_seed", "trust_remote_code")

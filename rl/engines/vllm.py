@@ -114,7 +114,8 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSamplingParams
 
         return VLLMSamplingParams(
-            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
+            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, min_tokens=s.min_new_tokens,
+            stop=list(s.stop) or None,
             include_stop_str_in_output=True, logprobs=0, ignore_eos=False, skip_special_tokens=False,
             seed=int(torch.randint(2**31 - 1, ())) if seed is None else seed,
         )

@@ -141,7 +141,7 @@ class VLLMServerEngine:
         if s.temperature == 0 and n > 1:  # the server refuses n > 1 when greedy; the n copies are equal anyway
             return self._complete(prompt, 1, s, seed) * n
         body = {"model": self.model, "prompt": prompt, "n": n, "temperature": s.temperature, "top_p": s.top_p,
-                "max_tokens": s.max_new_tokens, "stop": list(s.stop) or None, "include_stop_str_in_output": True,
+                "max_tokens": s.max_new_tokens, "min_tokens": s.min_new_tokens, "stop": list(s.stop) or None, "include_stop_str_in_output": True,
                 "logprobs": 0, "return_token_ids": True, "skip_special_tokens": False, "seed": seed}
         choices = sorted(self._request("POST", "/v1/completions", body)["choices"], key=lambda c: c["index"])
         return [Sample(list(c["token_ids"]), list(c["logprobs"]["token_logprobs"]),
