@@ -28,18 +28,19 @@ def test_draw_follows_the_distribution_and_top_p_keeps_the_smallest_nucleus():
     n = 40000
     logprobs = P.log().expand(n, 4)
     sigma = math.sqrt(0.25 / n)  # the largest binomial standard error
-    assert torch.allclose(frequencies(decode.draw(logprobs, 1.0), 4), P, atol=5 * sigma)
+    assert torch.allclose(frequencies(decode.draw(logprobs.exp(), 1.0), 4), P, atol=5 * sigma)
     # top_p 0.7: 0.5 alone is short of 0.7, 0.5 + 0.3 reaches it -> {0, 1} renormalised to 0.625 / 0.375
-    assert torch.allclose(frequencies(decode.draw(logprobs, 0.7), 4), torch.tensor([0.625, 0.375, 0, 0]), atol=5 * sigma)
+    assert torch.allclose(frequencies(decode.draw(logprobs.exp(), 0.7), 4), torch.tensor([0.625, 0.375, 0, 0]), atol=5 * sigma)
     # top_p 0.95: 0.5 + 0.3 + 0.15 = 0.95 reaches it -> the last token (0.05) is never drawn
-    freq = frequencies(decode.draw(logprobs, 0.95), 4)
+    freq = frequencies(decode.draw(logprobs.exp(), 0.95), 4)
     assert freq[3] == 0 and torch.allclose(freq[:3], P[:3] / 0.95, atol=5 * sigma)
 
 
 def test_draw_never_takes_a_zero_probability_token():
-    logprobs = torch.tensor([[0.0, float("-inf"), float("-inf")], [float("-inf"), 0.0, float("-inf")]])
+    weights = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0]])  # unnormalised, as the loop passes them
     for u in (0.0, 0.5, 1.0 - 1e-7, 1.0):  # u = 1 (never drawn) is the rounding edge: still a real token
-        assert decode.draw(logprobs, 1.0, torch.tensor([u, u])).tolist() == [0, 1]
+        assert decode.draw(weights, 1.0, torch.tensor([u, u])).tolist() == [0, 1]
+        assert decode.draw(weights, 0.9, torch.tensor([u, u])).tolist() == [0, 1]
 
 
 def plain_draw(probs: list[float], top_p: float, u: float) -> int:
@@ -66,7 +67,7 @@ def test_vectorised_draw_equals_a_per_row_loop(top_p):
     logits = torch.randn(64, 50, generator=g, dtype=torch.float64) * 2
     logprobs = torch.log_softmax(logits, -1)
     u = torch.rand(64, generator=g, dtype=torch.float64)
-    got = decode.draw(logprobs, top_p, u).tolist()
+    got = decode.draw(logprobs.exp(), top_p, u).tolist()
     want = [plain_draw(row.exp().tolist(), top_p, x) for row, x in zip(logprobs, u.tolist())]
     assert got == want
 

@@ -6,8 +6,9 @@ What it does that `model.generate` does not (measured on SmolLM2-135M, 2 CPU cor
 - the KV cache lives in buffers allocated once per call (`BufferedLayer`): a step writes one
   slot, where DynamicCache's torch.cat copies the whole cache of every layer;
 - sampling is by inverse CDF (one cumsum and one searchsorted per step), where torch.multinomial
-  draws an exponential for every vocabulary entry;
-- the log-prob of each sampled token comes from the same log-softmax the token is drawn from;
+  draws an exponential for every vocabulary entry; the [n, V] work of a step is done in place and
+  in buffers allocated once (on CPU a fresh tensor of that size costs page faults every step);
+- the log-prob of each sampled token comes from the same softmax the token is drawn from;
 - a stop string is looked for only in rows whose new token can end it (a vocabulary mask built
   once), so the per-step Python work is a handful of tensor ops;
 - finished rows leave the batch once a quarter of it is finished.
@@ -76,21 +77,24 @@ def buffered(cache: DynamicCache, repeats: int, room: int) -> DynamicCache:
     return cache
 
 
-def draw(logprobs: torch.Tensor, top_p: float, u: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row from exp(logprobs) [N, V], nucleus-truncated to top_p: the first token
-    whose cumulative mass exceeds u * (kept mass), u ~ U[0, 1) per row ([N], drawn when None)."""
-    probs = logprobs.exp()  # [N, V]
+def draw(weights: torch.Tensor, top_p: float, u: torch.Tensor | None = None,
+         cdf: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row from the unnormalised probabilities `weights` [N, V], nucleus-truncated
+    to top_p: the first token whose cumulative weight exceeds u * (kept weight), u ~ U[0, 1) per
+    row ([N], drawn when None). `cdf`: an [N, V] buffer to reuse for the cumulative sums."""
+    order = None
     if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
-        probs, order = probs.sort(dim=-1, descending=True)
-        before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
-        probs = probs.masked_fill(before >= top_p, 0.0)
-    cdf = probs.cumsum(-1)  # [N, V]
+        weights, order = weights.sort(dim=-1, descending=True)
+        before = weights.cumsum(-1) - weights  # weight of the tokens ranked above each one
+        weights = weights.masked_fill(before >= top_p * weights.sum(-1, keepdim=True), 0.0)
+        cdf = None
+    cdf = torch.cumsum(weights, -1, out=cdf) if cdf is not None else weights.cumsum(-1)  # [N, V]
     if u is None:
         u = torch.rand(cdf.shape[0], device=cdf.device, dtype=cdf.dtype)
     total = cdf[:, -1:].contiguous()  # [N, 1]
     token = torch.searchsorted(cdf, u[:, None] * total, right=True)  # [N, 1] first token with cdf > u * total
     token = torch.minimum(token, torch.searchsorted(cdf, total)).squeeze(1)  # u * total rounding up to total
-    return order.gather(1, token[:, None]).squeeze(1) if top_p < 1.0 else token
+    return order.gather(1, token[:, None]).squeeze(1) if order is not None else token
 
 
 @lru_cache(maxsize=8)
@@ -134,13 +138,19 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, sampling: Samplin
     stopped = torch.zeros(N, dtype=torch.bool)  # [N] ended by EOS or a stop string (CPU)
     rows = torch.arange(N, device=device)  # [n] the original rows still in the batch
     done = torch.zeros(N, dtype=torch.bool, device=device)  # [n] finished rows still in the batch
+    weights, cdf = torch.empty(N, V, device=device), torch.empty(N, V, device=device)  # [N, V] reused every step
     for t in range(T):
+        n = len(rows)
+        x = logits.float()  # [n, V] (the model's own fp32 logits are not copied)
         if t < sampling.min_new_tokens:  # EOS suppressed until then (bench: forced lengths)
-            logits[:, eos] = float("-inf")
-        lp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [n, V]
-        token = lp.argmax(-1) if sampling.temperature <= 0 else draw(lp, sampling.top_p)  # [n]
+            x[:, eos] = float("-inf")
+        if temperature != 1.0:
+            x.div_(temperature)
+        x.sub_(x.amax(-1, keepdim=True))  # logits / T - max: in place, no [n, V] allocation
+        w = torch.exp(x, out=weights[:n])  # [n, V] unnormalised probabilities
+        token = x.argmax(-1) if sampling.temperature <= 0 else draw(w, sampling.top_p, cdf=cdf[:n])  # [n]
         tokens[rows, t] = token
-        logps[rows, t] = lp.gather(1, token[:, None]).squeeze(1)
+        logps[rows, t] = x.gather(1, token[:, None]).squeeze(1) - w.sum(-1).log()  # log softmax at the token
         ended = torch.isin(token, eos)  # [n]
         if enders is not None:
             for r in (enders[token] & ~ended & ~done).nonzero().flatten().tolist():
