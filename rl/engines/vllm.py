@@ -59,6 +59,9 @@ class VLLMEngine:
         self.folder = sync_folder(cfg.sync_dir)
         export_model(policy, tokenizer, self.folder, self.dtype, cfg.shard_mb)
         memory = {"gpu_memory_utilization": cfg.gpu_memory_utilization}
+        batched = cfg.max_num_batched_tokens or (None if cuda else 65536)  # CPU: every prefill in one step
+        if batched:
+            memory["max_num_batched_tokens"] = batched
         if (kv_bytes := kv_cache_bytes(cfg.kv_cache_gb, cuda)) is not None:
             memory["kv_cache_memory_bytes"] = kv_bytes
         with own_engine_env(policy.dist):
@@ -114,8 +117,8 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSamplingParams
 
         return VLLMSamplingParams(
-            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, min_tokens=s.min_new_tokens,
-            stop=list(s.stop) or None,
+            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+            min_tokens=s.min_new_tokens, stop=list(s.stop) or None,
             include_stop_str_in_output=True, logprobs=0, ignore_eos=False, skip_special_tokens=False,
             seed=int(torch.randint(2**31 - 1, ())) if seed is None else seed,
         )
