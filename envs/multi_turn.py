@@ -22,7 +22,7 @@ model wrote a non-canonical tokenization) and reported in `episode["drift"]`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from envs.single_turn import SingleTurnEnv, gold_answer, template_tools
 from envs.types import Rollout, Sample, SamplingParams
@@ -184,8 +184,7 @@ class MultiTurnEnv:
                 continue
             groups.setdefault(room, []).append(e)
         for room, group in groups.items():
-            params = sampling if room == sampling.max_new_tokens else SamplingParams(
-                sampling.temperature, sampling.top_p, room, sampling.stop)
+            params = sampling if room == sampling.max_new_tokens else replace(sampling, max_new_tokens=room)
             yield params, group
 
     def record(self, e: Episode, sample) -> dict:

@@ -3,7 +3,7 @@
 All-vocab logits for every token at once are b x T x V floats (8 x 512 x 150k x 4 B =
 2.5 GB for one Qwen micro-batch); here only `chunk` rows of logits exist at a time, and with
 grad on, each chunk is recomputed in backward instead of stored (`LinearLogprob`, fused: no
-[n, V] tensor is kept and the backward is three elementwise passes and two matmuls).
+[n, V] tensor is kept; the backward recomputes the logits and takes three elementwise passes).
 """
 
 from __future__ import annotations

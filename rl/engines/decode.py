@@ -1,7 +1,7 @@
 """The transformers engine's sampling loop: prefill once, then one token per step.
 
 What it does that `model.generate` does not (measured on SmolLM2-135M, 2 CPU cores, README
-"Speed"):
+"Benchmarks"):
 - each prompt is prefilled once and its KV cache repeated G times;
 - the KV cache lives in buffers allocated once per call (`BufferedLayer`): a step writes one
   slot, where DynamicCache's torch.cat copies the whole cache of every layer;
@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from rl.batching import left_pad, position_ids
 from envs.types import Sample, SamplingParams
 
-STOP_WINDOW = 16  # tokens before the newest that a stop string may span (as rl.engines.hf.truncate)
+STOP_WINDOW = 16  # tokens before the newest that a stop string may span
 
 
 class BufferedLayer(DynamicLayer):

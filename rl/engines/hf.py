@@ -56,7 +56,6 @@ class HFEngine:
                 raise KeyError(f"the engine's copy got no value for {missing[:5]} from the policy")
         self.last_sync_s = time.perf_counter() - start
 
-    @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Sample]:
         was_training = self.model.training
         self.model.eval()
