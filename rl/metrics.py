@@ -29,6 +29,38 @@ def memory_metrics(dist=None) -> dict[str, float]:
     return dist.max(m) if dist is not None else m
 
 
+def release_memory(device) -> None:
+    """On CPU, hand the heap pages freed since the last call back to the OS. torch allocates
+    CPU tensors with malloc, and glibc keeps freed pages resident, scattered between live blocks:
+    over an RL run the embedded default's RSS crept from 2.8 to 3.9 GB while what was alive
+    stayed ~2.8 GB. Called after each micro-batch's backward (its activations just died); a few
+    ms. Not glibc (musl, macOS): nothing to do."""
+    if device.type != "cpu":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def return_freed_memory() -> bool:
+    """trainer.return_freed_memory: from now on glibc hands freed blocks of 128 KiB and more
+    straight back to the OS (a fixed mmap threshold instead of one that grows to 32 MiB, and no
+    trim slack): what is resident is what is alive. Costs page faults on every new tensor: the
+    embedded default ran ~25% slower and peaked at 2.8 instead of 3.4 GB. False where malloc
+    is not glibc's."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
+    except (OSError, AttributeError):
+        return False
+
+
 class Timings:
     """Wall time per phase, summed over a step: `with timings("reward"): ...`; `pop()` gives
     {"time/<phase>_s": seconds} and starts the next step from zero. Phases that run on the

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rl import attention
+from rl import attention, fused
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def load_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, device: torc
         model.config.use_cache = False
     model = model.to(device)
     attention.use_on_cpu(model)
+    if cfg.get("fused_layers", True):
+        fused.apply(model)
     return model
 
 

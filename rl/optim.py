@@ -5,8 +5,11 @@ RL and the SFT warm-up alike; the AdamW variants differ in memory, not in the up
                  the trainable parameters for the duration of a step
     adamw_fused  torch's fused AdamW kernel (CPU and CUDA): no such temporaries
     adamw_loop   one parameter at a time (foreach=False): the smallest peak, the slowest step
-    adamw_8bit   bitsandbytes' 8-bit AdamW: 2 bytes of state per parameter instead of 8
-                 (pip install bitsandbytes; updates differ from AdamW by the quantisation)"""
+    adamw_8bit   AdamW with 8-bit block-quantised moments (rl/adamw8bit.py, plain torch): 2
+                 bytes of state per parameter instead of 8; updates differ from AdamW's by the
+                 quantisation. Single process (plain or LoRA)
+    adamw_8bit_bnb  bitsandbytes' AdamW8bit, the same idea with fused CUDA kernels
+                 (pip install bitsandbytes)"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import math
 
 import torch
 
-OPTIMIZERS = ("adamw", "adamw_fused", "adamw_loop", "adamw_8bit")
+OPTIMIZERS = ("adamw", "adamw_fused", "adamw_loop", "adamw_8bit", "adamw_8bit_bnb")
 
 
 def make(name: str, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
@@ -26,11 +29,20 @@ def make(name: str, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.
     if name == "adamw_loop":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, foreach=False)
     if name == "adamw_8bit":
+        from torch.distributed.tensor import DTensor
+
+        from rl.adamw8bit import AdamW8bit
+
+        if any(isinstance(p, DTensor) for p in params):
+            raise ValueError("trainer.optimizer=adamw_8bit keeps its quantised state per process and cannot shard it "
+                             "under torchrun (FSDP2): use adamw, adamw_fused or adamw_loop there")
+        return AdamW8bit(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if name == "adamw_8bit_bnb":
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise ImportError("trainer.optimizer=adamw_8bit needs bitsandbytes: pip install bitsandbytes "
-                              "(or pick adamw_fused / adamw_loop)") from None
+            raise ImportError("trainer.optimizer=adamw_8bit_bnb needs bitsandbytes: pip install bitsandbytes "
+                              "(or pick adamw_8bit, the plain-torch 8-bit AdamW)") from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"trainer.optimizer={name!r}: use one of {', '.join(OPTIMIZERS)}")
 

@@ -18,6 +18,7 @@ from envs.single_turn import gold_answer
 from rl import optim
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.losses import Normalizer, token_mean
+from rl.metrics import release_memory
 from rl.setup import autocast
 from envs.types import Rollout
 
@@ -58,6 +59,7 @@ def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, c
                 logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
             loss = token_mean(-logprobs, b.loss_mask, norm, None)  # the mean NLL of gold tokens
             loss.backward()
+            release_memory(device)  # this micro-batch's activations, freed, leave RSS
             total += loss.item()
         policy.clip_grad_norm_(1.0)
         opt.step()

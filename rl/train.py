@@ -45,10 +45,11 @@ from rl import checkpoint
 from rl import config as _schemas  # noqa: F401  registers the config schemas with Hydra
 from rl import algo as algo_
 from rl.advantages import zero_variance_share
+from rl.engines import release
 from rl.batching import collate, even_out, token_budget_chunks
 from rl.eval import count_reasons, episode_metrics, episode_summary, evaluate, evaluate_bfcl, reward_inputs
 from rl.losses import Normalizer, policy_loss, sequence_kl
-from rl.metrics import Timings, memory_metrics
+from rl.metrics import Timings, memory_metrics, release_memory, return_freed_memory
 from rl.optim import make_optimizer, set_base_lr
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
@@ -68,6 +69,8 @@ def train(cfg: DictConfig) -> dict:
         raise FileExistsError(f"{out} already holds {resume_from.name}: add trainer.resume=true to continue that run, "
                               "or give a new trainer.output_dir (or delete the folder) to start over")
     check_config(cfg, world_size())  # every value range, before anything is written
+    if cfg.trainer.return_freed_memory and not torch.cuda.is_available():
+        return_freed_memory()  # glibc: RSS is what is alive (slower: page faults)
     if resume_from is not None:
         checkpoint.check_resumable(resume_from, world_size())
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
@@ -93,6 +96,7 @@ def train(cfg: DictConfig) -> dict:
         s.logger.log(0, {f"base/{k.removeprefix('eval/')}": v for k, v in summary["base"].items()})
         if cfg.trainer.sft.steps > 0:
             with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
+                release(s.engine)  # engine.sleep: the sampling copy's memory goes to the update
                 summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
                                          cfg.trainer.token_budget, cfg.trainer.logprob_chunk, cfg.trainer.bf16,
                                          cfg.trainer.optimizer)
@@ -115,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
             lambda: dist.share(data.next_batch()), algo, dist)
         t_gen = time.perf_counter()
         rewards = algo_.shaped_rewards(scored, rollouts, algo, weights)  # [B*G]
+        release(s.engine)  # engine.sleep: the sampling copy's memory goes to the update
         stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings)
         t_update = time.perf_counter()
         s.engine.load_weights(policy)
@@ -237,6 +242,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
                     loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm,
                                               entropy, b.rollout_logprobs)
                     loss.backward()
+                    release_memory(s.device)  # this micro-batch's activations, freed, leave RSS
                 gap = (old - b.rollout_logprobs) * b.loss_mask  # [b, C] trainer vs engine
                 stats["entropy"] = (entropy.detach() * b.loss_mask).sum() / norm.tokens
                 stats["mismatch/logprob_diff"] = gap.abs().sum() / norm.tokens

@@ -1,6 +1,7 @@
 """The transformers engine: sampled-token logprobs equal a forward pass of the trainer;
 prefilling once per group changes nothing; a bf16 copy is synced after a step."""
 
+import pytest
 import torch
 
 from rl.engines.hf import HFEngine
@@ -59,3 +60,32 @@ def test_stop_string_ends_the_completion(tiny):
     cut = HFEngine(s.policy, s.tokenizer).generate(prompts(s, 1), 1, SamplingParams(0.0, 1.0, 8, (stop,)))[0]
     assert cut.finish_reason == "stop" and len(cut.completion) <= 3
     assert s.tokenizer.decode(cut.completion).endswith(stop)
+
+
+def test_sleep_frees_the_copy_during_the_update_and_the_sync_refills_it(tiny):
+    s = Setup.build(tiny())
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    awake = HFEngine(s.policy, s.tokenizer, dtype="bfloat16")
+    engine = HFEngine(s.policy, s.tokenizer, dtype="bfloat16", sleep=True)
+    before = engine.generate(prompts(s), 1, greedy)
+    assert [x.completion for x in before] == [x.completion for x in awake.generate(prompts(s), 1, greedy)]
+    held = sum(p.numel() for p in engine.model.parameters())
+    engine.release()
+    assert held > 0 and sum(p.numel() for p in engine.model.parameters()) == 0
+    engine.release()  # twice is once
+    with pytest.raises(RuntimeError, match="load_weights"):
+        engine.generate(prompts(s), 1, greedy)
+    with torch.no_grad():  # "the update"
+        for p in s.policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    engine.load_weights(s.policy)
+    awake.load_weights(s.policy)
+    assert sum(p.numel() for p in engine.model.parameters()) == held
+    assert all(torch.equal(a, b) for a, b in zip(engine.model.state_dict().values(), awake.model.state_dict().values()))
+    assert engine.model.lm_head.weight is engine.model.get_input_embeddings().weight or \
+        not s.policy.config.tie_word_embeddings  # still tied after the refill
+    after = engine.generate(prompts(s), 1, greedy)
+    assert [x.completion for x in after] == [x.completion for x in awake.generate(prompts(s), 1, greedy)]
+    shared = HFEngine(s.policy, s.tokenizer, sleep=True)  # samples from the policy itself: nothing to free
+    shared.release()
+    assert shared.model is s.policy.model and all(p.numel() for p in s.policy.parameters())

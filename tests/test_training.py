@@ -156,11 +156,11 @@ def test_memory_saving_optimizers_take_adamws_step():
         optim.make("sgdd", start, lr=1e-2)
 
 
-def test_eight_bit_adamw_without_bitsandbytes_says_how_to_install(monkeypatch):
+def test_bitsandbytes_adamw_without_bitsandbytes_says_how_to_install(monkeypatch):
     import sys
 
     from rl import optim
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
-        optim.make("adamw_8bit", [torch.zeros(2, requires_grad=True)], lr=1e-3)
+        optim.make("adamw_8bit_bnb", [torch.zeros(2, requires_grad=True)], lr=1e-3)

@@ -5,7 +5,9 @@
             # len(prompts) * n samples, the n of each prompt contiguous
         def load_weights(self, policy) -> None
             # make the engine sample from the policy's current weights
-    Optional: close() releases processes; last_sync_s / last_probe_diff are logged.
+    Optional: release() frees what sampling holds until the next load_weights (the trainer
+    calls it before each update); close() releases processes; last_sync_s / last_probe_diff
+    are logged.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ class Engine(Protocol):
     def load_weights(self, policy) -> None: ...
 
 
+def release(engine) -> None:
+    """Before an update: free what the engine holds for sampling, if it can (engine.sleep)."""
+    if hasattr(engine, "release"):
+        engine.release()
+
+
 def make_engine(cfg, policy, tokenizer, seed: int = 0) -> Engine:
     if cfg.name == "hf":
         from rl.engines.hf import HFEngine, native_dtype
 
         dtype = native_dtype(policy.device) if cfg.dtype == "auto" else cfg.dtype
-        return HFEngine(policy, tokenizer, dtype=dtype, prefill_once=cfg.prefill_once, lora_merged=cfg.lora_merged)
+        return HFEngine(policy, tokenizer, dtype=dtype, prefill_once=cfg.prefill_once, lora_merged=cfg.lora_merged,
+                        sleep=cfg.sleep)
     if cfg.name == "vllm":
         from rl.engines.vllm import VLLMEngine
 

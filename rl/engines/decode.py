@@ -120,8 +120,12 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, sampling: Samplin
     if not prefill_once:
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [B*G, P]
     cache = DynamicCache(config=model.config)
+    # The last position as an index tensor, not logits_to_keep=1: that slices a strided view,
+    # and CPU bf16 linear on a strided [B, 1, H] view of [B, P, H] took 2.6 s and 1.7 GB at
+    # B=32, P=352 (a contiguous copy: 7 ms, nothing extra)
+    last = torch.tensor([ids.shape[1] - 1], device=device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]  # [B, V]
+                   use_cache=True, logits_to_keep=last).logits[:, -1]  # [B, V]
     cache = buffered(cache, repeats, T)
     logits = logits.repeat_interleave(repeats, 0)  # [N, V]
     N, P, V = logits.shape[0], ids.shape[1], logits.shape[1]

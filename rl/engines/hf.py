@@ -8,6 +8,10 @@ slower on CPU). Otherwise from its own plain copy of the base architecture, whic
 merged, one tensor at a time): with `dtype` set (bf16 samples ~1.5x faster where the CPU
 has bf16), under LoRA, and on every rank of a distributed run (a sharded model cannot
 generate rank by rank).
+
+With engine.sleep the trainer calls `release()` before each update: the copy's weights are
+freed, and load_weights allocates and fills them again (every rank calls both, in step). The
+update gets that memory (a bf16 copy of a 135M model: 0.27 GB) for ~0.1 s of allocation a step.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from envs.types import Sample, SamplingParams
 
 
 class HFEngine:
-    def __init__(self, policy, tokenizer, dtype: str | None = None, prefill_once: bool = True, lora_merged: bool = True):
+    def __init__(self, policy, tokenizer, dtype: str | None = None, prefill_once: bool = True, lora_merged: bool = True,
+                 sleep: bool = False):
         self.tokenizer = tokenizer
         self.prefill_once = prefill_once
         self.last_sync_s = 0.0
         self.shared = dtype is None and not policy.dist.distributed and not (policy.lora and lora_merged)
+        self.sleep = sleep and not self.shared
+        self._shapes: dict[int, torch.Size] = {}  # released: each freed weight's shape
         if self.shared:
             self.model = policy.model
         else:
@@ -38,9 +45,20 @@ class HFEngine:
             self.load_weights(policy)
         self.eos_ids = set(_as_list(policy.generation_config.eos_token_id)) | {tokenizer.eos_token_id}
 
+    def release(self) -> None:
+        """engine.sleep: free the copy's weights until the next load_weights."""
+        if self.sleep:
+            for p in self.model.parameters():  # tied weights once
+                if id(p) not in self._shapes:
+                    self._shapes[id(p)] = p.shape
+                    p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
     def load_weights(self, policy) -> None:
         """Copy the policy's full weights into the sampling copy (nothing to do when shared)."""
         start = time.perf_counter()
+        if self._shapes:  # released: allocate again
+            for p in self.model.parameters():
+                p.data = torch.empty(self._shapes.pop(id(p)), dtype=p.dtype, device=p.device)
         if not self.shared:
             target = self.model.state_dict()
             filled: set[int] = set()
@@ -57,6 +75,8 @@ class HFEngine:
         self.last_sync_s = time.perf_counter() - start
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> list[Sample]:
+        if self._shapes:
+            raise RuntimeError("the engine's weights were released (engine.sleep): call load_weights(policy) first")
         was_training = self.model.training
         self.model.eval()
         try:
