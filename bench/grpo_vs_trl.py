@@ -123,7 +123,8 @@ def compose_cfg(a, w: dict, out_dir: str):
         f"model={w['model']}", f"model.dtype={w['dtype']}", f"engine={a.engine}", "algo=grpo",
         f"trainer={'gpu' if cuda else 'cpu'}", f"trainer.device={w['device']}", f"trainer.output_dir={out_dir}",
         f"trainer.steps={a.steps}", f"trainer.batch_size={w['prompts']}", f"trainer.lr={a.lr}", "trainer.weight_decay=0.0",
-        "trainer.betas=[0.9,0.99]", "trainer.lr_schedule=constant", "trainer.lr_warmup_steps=0", "trainer.max_grad_norm=1.0",
+        "trainer.betas=[0.9,0.99]", "trainer.optimizer=adamw",  # TRL's optimizer, not the CPU trainer's 8-bit one
+        "trainer.lr_schedule=constant", "trainer.lr_warmup_steps=0", "trainer.max_grad_norm=1.0",
         f"trainer.token_budget={w['group'] * (w['prompt_len'] + w['completion_len'])}",  # one group per micro-batch
         f"trainer.bf16={cuda}", f"trainer.seed={a.seed}", "trainer.sft.steps=0",
         f"algo.group_size={w['group']}", "algo.kl_coef=0.0", "algo.ppo_epochs=1", "algo.mini_batches=1",

@@ -39,7 +39,8 @@ def quantize(x: torch.Tensor, floor: bool = False) -> tuple[torch.Tensor, torch.
     low, high = torch.aminmax(blocks, dim=1)  # [n_blocks] each: one pass, no |x| tensor
     scale = torch.maximum(high, -low).clamp_(min=1e-30).div_(FP8_MAX)  # [n_blocks]
     blocks.mul_(scale.reciprocal()[:, None]).clamp_(min=FP8_TINY if floor else -FP8_MAX, max=FP8_MAX)  # [-448, 448]
-    return blocks.to(FP8).view(torch.uint8).view(-1), scale  # bytes: load_state_dict casts floating state to the param's dtype
+    # as bytes: load_state_dict would cast a floating state tensor to the parameter's dtype
+    return blocks.to(FP8).view(torch.uint8).view(-1), scale
 
 
 def dequantize(values: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:

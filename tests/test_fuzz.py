@@ -689,12 +689,15 @@ def check_combine_case(prop: str, case) -> None:
         assert re.match(r"reward (plugin_reward|format) ", str(result)), str(result)
     else:
         assert len(result.total) == n and all(isinstance(v, float) and math.isfinite(v) for v in result.total), result
-        for name, values in result.per_function.items():
-            assert len(values) == n and all(isinstance(v, float) and math.isfinite(v) for v in values)
+        for name, values in result.per_function.items():  # NaN only where the function returned None (skipped)
+            assert len(values) == n and all(isinstance(v, float) and not math.isinf(v) for v in values)
             assert len(result.reasons[name]) == n
     status, checked = timed(prop, "checked_values", checked_values, "plugin", value, n, show=value)
     assert status == "ok" or isinstance(checked, RewardError), f"{type(checked).__name__}: {checked}"
-    assert status == "raised" or all(isinstance(v, float) and math.isfinite(v) for v in checked)
+    if status == "ok":  # finite, or NaN where the function returned None (it does not apply)
+        raws = list(value) if isinstance(value, (list, tuple)) and len(value) == n else [0.0] * n
+        assert all(isinstance(v, float) and (math.isfinite(v) or (math.isnan(v) and raw is None))
+                   for v, raw in zip(checked, raws)), (checked, value)
 
 
 @pytest.mark.parametrize("scale", VARIANTS)
