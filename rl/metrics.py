@@ -3,6 +3,7 @@ plus samples.jsonl with a few rollouts per step (prompt, completion, reward, rea
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -35,14 +36,9 @@ def release_memory(device) -> None:
     over an RL run the embedded default's RSS crept from 2.8 to 3.9 GB while what was alive
     stayed ~2.8 GB. Called after each micro-batch's backward (its activations just died); a few
     ms. Not glibc (musl, macOS): nothing to do."""
-    if device.type != "cpu":
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if device.type == "cpu" and libc is not None:
+        libc.malloc_trim(0)
 
 
 def return_freed_memory() -> bool:
@@ -51,14 +47,24 @@ def return_freed_memory() -> bool:
     trim slack): what is resident is what is alive. Costs page faults on every new tensor: the
     embedded default ran ~25% slower and peaked at 2.8 instead of 3.4 GB. False where malloc
     is not glibc's."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
+
+
+@functools.cache
+def _glibc():
+    """glibc, loaded once (release_memory runs after every micro-batch), or None elsewhere."""
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
+        libc.malloc_trim, libc.mallopt  # noqa: B018  both exist: it is glibc
+        return libc
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 class Timings:
