@@ -4,6 +4,8 @@ the whole (gathered) batch."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rewards.combine import RewardResult
@@ -40,6 +42,8 @@ def check(algo, batch_size: int, world: int = 1) -> None:
                          f"prompts (trainer.batch_size={batch_size} over {world} processes): mini-batches hold whole groups")
     if algo.clip_low < 0 or algo.clip_high < 0 or algo.clip_ratio_c <= 1:
         raise ValueError("algo.clip_low and algo.clip_high must be >= 0 and algo.clip_ratio_c > 1")
+    if not (math.isfinite(algo.sft_coef) and algo.sft_coef >= 0):
+        raise ValueError(f"algo.sft_coef={algo.sft_coef}: use a finite number >= 0 (0 = no gold-answer term)")
     if algo.kl_in_reward and algo.kl_coef <= 0:
         raise ValueError("algo.kl_in_reward=true needs algo.kl_coef > 0")
     if algo.overlong_buffer < 0 or algo.overlong_buffer >= algo.sampling.max_new_tokens:

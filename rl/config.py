@@ -92,6 +92,7 @@ class AlgoConfig:
     kl_estimator: str = "k3"  # rl.losses.KL_ESTIMATORS
     kl_in_reward: bool = False  # true: reward -= kl_coef * sequence KL (before advantages), not a loss term
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * agg(entropy)
+    sft_coef: float = 0.0  # > 0: loss += sft_coef * mean NLL of the batch prompts' gold answers (PPO-ptx, OpenRLHF ptx_coef)
     tis_cap: float = 0.0  # > 0: truncated importance sampling min(pi_old / pi_rollout, cap) per token
     ppo_epochs: int = 1  # passes over each rollout batch; > 1 (or mini_batches > 1): old_logprobs from before the first
     mini_batches: int = 1  # optimizer steps per pass, each on 1/mini_batches of the groups

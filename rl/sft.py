@@ -37,6 +37,28 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
     return rollouts
 
 
+def gold_nll_backward(policy, tokenizer, env, tasks: list[dict], coef: float, token_budget: int, chunk: int = 1024,
+                      bf16: bool = True) -> float:
+    """Back-propagates coef x the mean NLL of `tasks`' gold answers (this rank's share; the
+    token count is summed over ranks) into the gradients already there, and returns the mean
+    NLL. In RL (algo.sft_coef) the tasks are the step's own prompts: InstructGPT's PPO-ptx /
+    OpenRLHF's ptx_coef with the gold answers as the supervised data, which holds on to what
+    the warm-up taught while RL moves."""
+    rollouts = gold_rollouts(env, tokenizer, tasks)
+    batches = [collate([rollouts[i] for i in idx], torch.zeros(len(idx)), tokenizer.pad_token_id, policy.device)
+               for idx in token_budget_chunks(rollouts, token_budget)]
+    norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
+    total = 0.0
+    for b in even_out(batches, policy.dist):  # as many micro-batches on every rank (FSDP's collectives)
+        with autocast(policy.device, bf16):
+            logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
+        loss = token_mean(-logprobs, b.loss_mask, norm, None)  # the mean NLL of gold tokens
+        (coef * loss).backward()
+        release_memory(policy.device)  # this micro-batch's activations, freed, leave RSS
+        total += loss.item()
+    return policy.dist.sum({"nll": total})["nll"]
+
+
 def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, chunk: int = 1024,
             bf16: bool = True, optimizer: str = "adamw") -> dict:
     """cfg: trainer.sft. Trains the policy (a Policy handle: its adapters under LoRA, its
@@ -44,25 +66,13 @@ def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, c
     `tasks` in order; each rank takes its share); returns the first and last loss."""
     opt = optim.make(optimizer, policy.parameters(), cfg.lr)
     policy.train()
-    device, losses = policy.device, []
+    losses = []
     for step in range(cfg.steps):
         start = step * cfg.batch_size
         batch_tasks = policy.dist.share([tasks[(start + i) % len(tasks)] for i in range(cfg.batch_size)])
-        rollouts = gold_rollouts(env, tokenizer, batch_tasks)
-        batches = [collate([rollouts[i] for i in idx], torch.zeros(len(idx)), tokenizer.pad_token_id, device)
-                   for idx in token_budget_chunks(rollouts, token_budget)]
-        norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
-        batches = even_out(batches, policy.dist)  # as many micro-batches on every rank (FSDP's collectives)
-        total = 0.0
-        for b in batches:
-            with autocast(device, bf16):
-                logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
-            loss = token_mean(-logprobs, b.loss_mask, norm, None)  # the mean NLL of gold tokens
-            loss.backward()
-            release_memory(device)  # this micro-batch's activations, freed, leave RSS
-            total += loss.item()
+        total = gold_nll_backward(policy, tokenizer, env, batch_tasks, 1.0, token_budget, chunk, bf16)
         policy.clip_grad_norm_(1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(policy.dist.sum({"loss": total})["loss"])
+        losses.append(total)
     return {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]} if losses else {}

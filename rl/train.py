@@ -12,6 +12,7 @@ One step (the log-derivative trick, grad E[R] = E[R grad log pi]):
                 KL in the reward
     4. advantage per completion from the whole batch's rewards           (rl/advantages.py)
     5. loss     policy loss x TIS weight, aggregated, + KL - entropy     (rl/losses.py)
+                + sft_coef x NLL of the prompts' gold answers (PPO-ptx)    (rl/sft.py)
     6. step     ppo_epochs x mini_batches optimizer steps: clip the gradient norm, AdamW, LR
     7. sync     the engine samples from the new weights
     8. log, evaluate, checkpoint
@@ -53,7 +54,7 @@ from rl.metrics import Timings, memory_metrics, release_memory, return_freed_mem
 from rl.optim import make_optimizer, set_base_lr
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
-from rl.sft import warm_up
+from rl.sft import gold_nll_backward, warm_up
 from envs.datasets import TaskStream
 from rewards.combine import TrainerState
 
@@ -232,7 +233,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
     steps = algo.ppo_epochs * algo.mini_batches
     mismatch_max, skipped = 0.0, 0
     for _ in range(algo.ppo_epochs):
-        for batches in minis:
+        for m, batches in enumerate(minis):
             norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
             for b in even_out(batches, dist):  # as many micro-batches on every rank (FSDP's collectives)
                 with timings("forward_backward"):
@@ -250,6 +251,12 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
                     mismatch_max = max(mismatch_max, float(torch.exp(gap.masked_fill(b.loss_mask == 0, -1e9)).max()))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / steps  # sums over micro-batches, mean over steps
+            if algo.sft_coef > 0:  # PPO-ptx: + sft_coef x NLL of the gold answers of these groups' prompts
+                with timings("forward_backward"):
+                    tasks = [rollouts[i].task for c in indices[m] for i in c if i % G == 0]
+                    extra["sft_nll"] = extra.get("sft_nll", 0.0) + gold_nll_backward(
+                        policy, s.tokenizer, s.env, tasks, algo.sft_coef, trainer.token_budget, trainer.logprob_chunk,
+                        trainer.bf16) / steps
             with timings("optimizer"):
                 grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
                 if math.isfinite(grad_norm):

@@ -74,7 +74,8 @@ def metrics(out_dir: Path) -> list[dict]:
     ["algo.kl_coef=0.1", "trainer.token_budget=100"],  # full fine-tuning, KL, shared prompts, 1 vs 2 micro-batches
     ["model.lora.r=4", "algo.kl_coef=0.1", "model.gradient_checkpointing=true"],  # LoRA, adapters-off reference
     ["algo.advantage=reinforce_pp", "algo.policy_loss=gspo", "algo.mini_batches=2", "algo.ppo_epochs=2",
-     "algo.kl_coef=0.1", "algo.kl_in_reward=true", "algo.entropy_coef=0.01", "algo.tis_cap=2.0"],  # batch whitening
+     "algo.kl_coef=0.1", "algo.kl_in_reward=true", "algo.entropy_coef=0.01", "algo.tis_cap=2.0",
+     "algo.sft_coef=0.5"],  # batch whitening, gold-answer NLL
 ], ids=["full", "lora", "recipe"])
 def test_two_ranks_take_the_one_process_step(tmp_path, extra):
     common = ["trainer.lr=1e-3", *extra]

@@ -138,6 +138,56 @@ def test_every_recipe_trains_the_tiny_model(tiny, tmp_path, recipe):
     assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
 
 
+def constant_reward(completions, **kwargs):
+    """Every completion scores the same: every advantage is 0, so no policy gradient."""
+    return [1.0] * len(completions)
+
+
+def test_sft_coef_trains_on_the_batch_gold_answers_where_rl_has_no_gradient(tiny, tmp_path):
+    """algo.sft_coef (PPO-ptx): with all advantages 0 the only gradient is the gold answers'
+    NLL, which falls over the steps; without it the same run has a zero gradient."""
+    const = ["reward.functions=[{_target_: tests.test_training.constant_reward, weight: 1.0}]",
+             "reward.exact_match=constant_reward", "trainer.lr=3e-3", "trainer.steps=4", "trainer.save_every=0",
+             "algo.sampling.temperature=1.5"]
+    train(tiny(*const, "algo.sft_coef=1.0"))
+    steps = [r for r in metrics(tmp_path) if "loss" in r]
+    assert all(r["grad_norm"] > 0 and math.isfinite(r["sft_nll"]) for r in steps)
+    assert steps[-1]["sft_nll"] < steps[0]["sft_nll"] - 0.5, [r["sft_nll"] for r in steps]
+    train(tiny(*const, "algo.sft_coef=0.0", f"trainer.output_dir={tmp_path / 'off'}"))
+    off = [r for r in metrics(tmp_path / "off") if "loss" in r]
+    assert all(r["grad_norm"] == 0 and "sft_nll" not in r for r in off)
+
+
+def test_gold_nll_backward_is_coef_times_the_mean_gold_token_nll(tiny, tmp_path):
+    """The returned NLL is the mean over gold tokens of -log p, summed by hand from the model's
+    logits one task at a time, and the gradient scales with coef."""
+    from rl.setup import Setup
+    from rl.sft import gold_nll_backward, gold_rollouts
+
+    s = Setup.build(tiny("trainer.bf16=false"))
+    tasks = s.train_tasks[:3]
+    policy, model = s.policy, s.policy.model
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in gold_rollouts(s.env, s.tokenizer, tasks):
+            ids = torch.tensor([r.prompt + r.completion])
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)  # [T, V]
+            for j, tok in enumerate(r.completion):
+                total -= logp[len(r.prompt) + j - 1, tok].item()
+                count += 1
+    grads = {}
+    for coef in (1.0, 2.5):
+        model.zero_grad(set_to_none=True)
+        nll = gold_nll_backward(policy, s.tokenizer, s.env, tasks, coef, token_budget=64, chunk=16, bf16=False)
+        assert nll == pytest.approx(total / count, rel=1e-4)
+        grads[coef] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(grads[2.5], 2.5 * grads[1.0], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="algo.sft_coef=-1"):
+        from rl.algo import check
+
+        check(tiny("algo.sft_coef=-1").algo, 2, 1)
+
+
 def test_memory_saving_optimizers_take_adamws_step():
     from rl import optim
 
