@@ -13,7 +13,8 @@ from rl.advantages import ADVANTAGES, GROUP_ESTIMATORS, multi_reward, overlong_p
 from rl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 CHOICES = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_agg": AGGREGATIONS, "kl_estimator": KL_ESTIMATORS,
-           "baseline": ("group", "batch"), "reward_norm": ("sum", "per_function")}
+           "baseline": ("group", "batch"), "reward_norm": ("sum", "per_function"),
+           "sft_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")}  # the gold NLL: no length constant
 
 
 def check(algo, batch_size: int, world: int = 1) -> None:

@@ -93,6 +93,7 @@ class AlgoConfig:
     kl_in_reward: bool = False  # true: reward -= kl_coef * sequence KL (before advantages), not a loss term
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * agg(entropy)
     sft_coef: float = 0.0  # > 0: loss += sft_coef * mean NLL of the batch prompts' gold answers (PPO-ptx, OpenRLHF ptx_coef)
+    sft_agg: str = "token-mean"  # how sft_coef's NLL is aggregated (rl.losses.AGGREGATIONS): per gold token, or seq-mean-token-sum per gold answer
     tis_cap: float = 0.0  # > 0: truncated importance sampling min(pi_old / pi_rollout, cap) per token
     ppo_epochs: int = 1  # passes over each rollout batch; > 1 (or mini_batches > 1): old_logprobs from before the first
     mini_batches: int = 1  # optimizer steps per pass, each on 1/mini_batches of the groups

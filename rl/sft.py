@@ -17,7 +17,7 @@ import torch
 from envs.single_turn import gold_answer
 from rl import optim
 from rl.batching import collate, even_out, token_budget_chunks
-from rl.losses import Normalizer, token_mean
+from rl.losses import AGGREGATIONS, Normalizer
 from rl.metrics import release_memory
 from rl.setup import autocast
 from envs.types import Rollout
@@ -38,10 +38,11 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
 
 
 def gold_nll_backward(policy, tokenizer, env, tasks: list[dict], coef: float, token_budget: int, chunk: int = 1024,
-                      bf16: bool = True) -> float:
-    """Back-propagates coef x the mean NLL of `tasks`' gold answers (this rank's share; the
-    token count is summed over ranks) into the gradients already there, and returns the mean
-    NLL. In RL (algo.sft_coef) the tasks are the step's own prompts: InstructGPT's PPO-ptx /
+                      bf16: bool = True, agg: str = "token-mean") -> float:
+    """Back-propagates coef x the NLL of `tasks`' gold answers (this rank's share; the counts
+    are summed over ranks), aggregated by `agg` (rl.losses.AGGREGATIONS: token-mean is the
+    mean NLL per gold token, seq-mean-token-sum the mean NLL per gold answer), into the
+    gradients already there, and returns that aggregated NLL. In RL (algo.sft_coef) the tasks are the step's own prompts: InstructGPT's PPO-ptx /
     OpenRLHF's ptx_coef with the gold answers as the supervised data, which holds on to what
     the warm-up taught while RL moves."""
     rollouts = gold_rollouts(env, tokenizer, tasks)
@@ -52,7 +53,7 @@ def gold_nll_backward(policy, tokenizer, env, tasks: list[dict], coef: float, to
     for b in even_out(batches, policy.dist):  # as many micro-batches on every rank (FSDP's collectives)
         with autocast(policy.device, bf16):
             logprobs, _ = policy.logprobs(b.input_ids, b.attention_mask, b.loss_mask.shape[1], 1.0, chunk)  # [b, C]
-        loss = token_mean(-logprobs, b.loss_mask, norm, None)  # the mean NLL of gold tokens
+        loss = AGGREGATIONS[agg](-logprobs, b.loss_mask, norm, None)  # the NLL of the gold answers
         (coef * loss).backward()
         release_memory(policy.device)  # this micro-batch's activations, freed, leave RSS
         total += loss.item()

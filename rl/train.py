@@ -256,7 +256,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
                     tasks = [rollouts[i].task for c in indices[m] for i in c if i % G == 0]
                     extra["sft_nll"] = extra.get("sft_nll", 0.0) + gold_nll_backward(
                         policy, s.tokenizer, s.env, tasks, algo.sft_coef, trainer.token_budget, trainer.logprob_chunk,
-                        trainer.bf16) / steps
+                        trainer.bf16, algo.sft_agg) / steps
             with timings("optimizer"):
                 grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
                 if math.isfinite(grad_norm):

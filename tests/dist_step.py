@@ -25,7 +25,8 @@ from tests.conftest import tiny_cfg  # noqa: E402
 B, G = 4, 3
 
 
-def fixed_rollouts(vocab: int) -> tuple[list[Rollout], torch.Tensor]:
+def fixed_rollouts(vocab: int, tasks: list[dict]) -> tuple[list[Rollout], torch.Tensor]:
+    """tasks[i] is group i's task: only algo.sft_coef reads it (its gold answer)."""
     g = torch.Generator().manual_seed(1234)
     rollouts, rewards = [], []
     for i in range(B):
@@ -34,7 +35,7 @@ def fixed_rollouts(vocab: int) -> tuple[list[Rollout], torch.Tensor]:
             n = 2 + (i + 2 * j) % 5
             completion = torch.randint(10, vocab, (n,), generator=g).tolist()
             rollout_lps = (-torch.rand(n, generator=g)).tolist()
-            rollouts.append(Rollout({}, prompt, completion, [1] * n, rollout_lps, "", "stop"))
+            rollouts.append(Rollout(tasks[i], prompt, completion, [1] * n, rollout_lps, "", "stop"))
             rewards.append(float(torch.rand((), generator=g)))
     return rollouts, torch.tensor(rewards)
 
@@ -44,7 +45,7 @@ def main() -> None:
     cfg = tiny_cfg(Path(out).parent / "run", f"algo.group_size={G}", *overrides)
     s = Setup.build(cfg)
     policy = s.policy
-    rollouts, rewards = fixed_rollouts(min(len(s.tokenizer), 5000))
+    rollouts, rewards = fixed_rollouts(min(len(s.tokenizer), 5000), s.train_tasks[:B])
     mine = policy.dist.share(list(range(B)))  # this rank's prompts, whole groups
     idx = [k * G + j for k in mine for j in range(G)]
     rollouts = [rollouts[i] for i in idx]
