@@ -37,15 +37,13 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
     return rollouts
 
 
-def gold_nll_backward(policy, tokenizer, env, tasks: list[dict], coef: float, token_budget: int, chunk: int = 1024,
+def gold_nll_backward(policy, tokenizer, rollouts: list[Rollout], coef: float, token_budget: int, chunk: int = 1024,
                       bf16: bool = True, agg: str = "token-mean") -> float:
-    """Back-propagates coef x the NLL of `tasks`' gold answers (this rank's share; the counts
-    are summed over ranks), aggregated by `agg` (rl.losses.AGGREGATIONS: token-mean is the
-    mean NLL per gold token, seq-mean-token-sum the mean NLL per gold answer), into the
-    gradients already there, and returns that aggregated NLL. In RL (algo.sft_coef) the tasks are the step's own prompts: InstructGPT's PPO-ptx /
-    OpenRLHF's ptx_coef with the gold answers as the supervised data, which holds on to what
-    the warm-up taught while RL moves."""
-    rollouts = gold_rollouts(env, tokenizer, tasks)
+    """Back-propagates coef x the NLL of gold answers (`gold_rollouts`, this rank's share; the
+    counts are summed over ranks), aggregated by `agg` (rl.losses.AGGREGATIONS: token-mean is
+    the mean NLL per gold token, seq-mean-token-sum the mean NLL per gold answer), into the
+    gradients already there, and returns that aggregated NLL. In RL (algo.sft_coef) they are
+    the gold answers of the step's own prompts: InstructGPT's PPO-ptx / OpenRLHF's ptx_coef."""
     batches = [collate([rollouts[i] for i in idx], torch.zeros(len(idx)), tokenizer.pad_token_id, policy.device)
                for idx in token_budget_chunks(rollouts, token_budget)]
     norm = Normalizer([b.loss_mask for b in batches], reduce=policy.dist.sum)
@@ -71,7 +69,8 @@ def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, c
     for step in range(cfg.steps):
         start = step * cfg.batch_size
         batch_tasks = policy.dist.share([tasks[(start + i) % len(tasks)] for i in range(cfg.batch_size)])
-        total = gold_nll_backward(policy, tokenizer, env, batch_tasks, 1.0, token_budget, chunk, bf16)
+        total = gold_nll_backward(policy, tokenizer, gold_rollouts(env, tokenizer, batch_tasks), 1.0, token_budget, chunk,
+                                  bf16)
         policy.clip_grad_norm_(1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -54,7 +54,7 @@ from rl.metrics import Timings, memory_metrics, release_memory, return_freed_mem
 from rl.optim import make_optimizer, set_base_lr
 from rl.parallel import world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
-from rl.sft import gold_nll_backward, warm_up
+from rl.sft import gold_nll_backward, gold_rollouts, warm_up
 from envs.datasets import TaskStream
 from rewards.combine import TrainerState
 
@@ -232,6 +232,8 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
     totals: dict[str, float] = {}
     steps = algo.ppo_epochs * algo.mini_batches
     mismatch_max, skipped = 0.0, 0
+    golds = [gold_rollouts(s.env, s.tokenizer, [rollouts[i].task for c in chunks for i in c if i % G == 0])
+             for chunks in indices] if algo.sft_coef > 0 else []  # each mini-batch's prompts' gold answers, once
     for _ in range(algo.ppo_epochs):
         for m, batches in enumerate(minis):
             norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
@@ -253,9 +255,8 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
                     totals[k] = totals.get(k, 0.0) + float(v) / steps  # sums over micro-batches, mean over steps
             if algo.sft_coef > 0:  # PPO-ptx: + sft_coef x NLL of the gold answers of these groups' prompts
                 with timings("forward_backward"):
-                    tasks = [rollouts[i].task for c in indices[m] for i in c if i % G == 0]
                     extra["sft_nll"] = extra.get("sft_nll", 0.0) + gold_nll_backward(
-                        policy, s.tokenizer, s.env, tasks, algo.sft_coef, trainer.token_budget, trainer.logprob_chunk,
+                        policy, s.tokenizer, golds[m], algo.sft_coef, trainer.token_budget, trainer.logprob_chunk,
                         trainer.bf16, algo.sft_agg) / steps
             with timings("optimizer"):
                 grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees

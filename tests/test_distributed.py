@@ -93,9 +93,11 @@ def test_two_ranks_take_the_one_process_step(tmp_path, extra):
     assert a["stats"]["grad_norm"] > 0
     # the gold-answer NLL's gradient norm agreed to 5e-5 (the NLL itself to every digit)
     rel = 1e-4 if "algo.sft_coef=0.5" in extra else 1e-5
-    for key in ("grad_norm", "kl", "entropy", "mismatch/logprob_diff", "sft_nll"):
-        if key in a["stats"]:
-            assert b["stats"][key] == pytest.approx(a["stats"][key], rel=rel, abs=1e-6), key
+    keys = ["grad_norm", "entropy", "mismatch/logprob_diff"] + [k for k, on in
+                                                                 (("kl", "algo.kl_coef=0.1"), ("sft_nll", "algo.sft_coef=0.5"))
+                                                                 if on in extra]
+    for key in keys:
+        assert b["stats"][key] == pytest.approx(a["stats"][key], rel=rel, abs=1e-6), key
 
 
 def test_two_rank_run_killed_mid_step_resumes_exactly(tmp_path):

@@ -175,12 +175,13 @@ def test_gold_nll_backward_is_coef_times_the_mean_gold_token_nll(tiny, tmp_path)
             for j, tok in enumerate(r.completion):
                 total -= logp[len(r.prompt) + j - 1, tok].item()
                 count += 1
-    per_answer = gold_nll_backward(policy, s.tokenizer, s.env, tasks, 1.0, 64, 16, False, agg="seq-mean-token-sum")
+    gold = gold_rollouts(s.env, s.tokenizer, tasks)
+    per_answer = gold_nll_backward(policy, s.tokenizer, gold, 1.0, 64, 16, False, agg="seq-mean-token-sum")
     assert per_answer == pytest.approx(total / len(tasks), rel=1e-4)  # algo.sft_agg: the NLL per gold answer
     grads = {}
     for coef in (1.0, 2.5):
         model.zero_grad(set_to_none=True)
-        nll = gold_nll_backward(policy, s.tokenizer, s.env, tasks, coef, token_budget=64, chunk=16, bf16=False)
+        nll = gold_nll_backward(policy, s.tokenizer, gold, coef, token_budget=64, chunk=16, bf16=False)
         assert nll == pytest.approx(total / count, rel=1e-4)
         grads[coef] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(grads[2.5], 2.5 * grads[1.0], rtol=1e-4, atol=1e-7)
