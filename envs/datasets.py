@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -385,12 +386,26 @@ class TaskStream:
     """Batches of tasks in a seeded order, reshuffled every epoch; its position is part of
     the checkpoint so a resumed run sees exactly the batches it would have seen. With
     stratify, the order cycles through the rows' categories (each shuffled, the categories'
-    order reshuffled every round), so every batch holds each category's share."""
+    order reshuffled every round), so every batch holds each category's share. With shares
+    (data.stratify_weights, {category: weight}, unnamed categories 1), category c takes
+    weight_c / sum of the weights of every batch whatever its count of rows."""
 
-    def __init__(self, rows: list[dict], batch_size: int, seed: int, stratify: bool = False):
+    def __init__(self, rows: list[dict], batch_size: int, seed: int, stratify: bool = False,
+                 shares: dict[str, float] | None = None):
         if not rows:
             raise ValueError("no training tasks (data.name=bfcl is for evaluation: python -m rl.eval data=bfcl)")
-        self.rows, self.batch_size, self.seed, self.stratify = rows, batch_size, seed, stratify
+        self.rows, self.batch_size, self.seed, self.stratify = rows, batch_size, seed, stratify or bool(shares)
+        self.shares = {str(k): float(v) for k, v in (shares or {}).items()}
+        if self.shares:
+            present = {str(r.get("category")) for r in rows}
+            unknown = sorted(set(self.shares) - present)
+            if unknown:
+                raise ValueError(f"data.stratify_weights names {unknown}, which no training row has as its category "
+                                 f"(the categories are {sorted(present)})")
+            if any(not math.isfinite(w) or w < 0 for w in self.shares.values()) or not any(
+                    self.shares.get(c, 1.0) > 0 for c in present):
+                raise ValueError(f"data.stratify_weights={self.shares}: every weight must be finite and >= 0, "
+                                 "and at least one category must keep a weight above 0 (unnamed categories weigh 1)")
         self.epoch, self.position = 0, 0
         self.order = self._order()
 
@@ -403,6 +418,8 @@ class TaskStream:
         by_category: dict[str, list[int]] = {}
         for i in order:
             by_category.setdefault(str(self.rows[i].get("category")), []).append(i)
+        if self.shares:
+            return _weighted_interleave(by_category, self.shares, len(order))
         queues, out = [by_category[k] for k in sorted(by_category)], []
         for r in range(max(map(len, queues))):
             round_ = [q[r] for q in queues if r < len(q)]
@@ -426,3 +443,20 @@ class TaskStream:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self.order = self._order()
+
+
+def _weighted_interleave(queues: dict[str, list[int]], weights: dict[str, float], n: int) -> list[int]:
+    """n row indices in which category c takes weight_c / sum(weights) of every stretch (smooth
+    weighted round-robin: each pick goes to the category most owed; unnamed categories weigh 1).
+    A category's own (shuffled) rows repeat when its share outruns them within the epoch."""
+    names = [k for k in sorted(queues) if weights.get(k, 1.0) > 0]
+    w = {k: float(weights.get(k, 1.0)) for k in names}
+    total, credit, taken, out = sum(w.values()), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0), []
+    for _ in range(n):
+        for k in names:
+            credit[k] += w[k]
+        k = max(names, key=credit.__getitem__)  # ties: the first name in sorted order
+        credit[k] -= total
+        out.append(queues[k][taken[k] % len(queues[k])])
+        taken[k] += 1
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,19 @@ def check_world(cfg, world: int) -> None:
                              f"whole groups for an equal share of the prompts; use a multiple of {world}")
 
 
+def check_stratify_weights(weights) -> None:
+    """data.stratify_weights: a {category: weight} mapping of finite numbers >= 0 (the category
+    names are checked against the training rows when the data loads)."""
+    if weights is None:
+        return
+    how = "give a mapping such as data.stratify_weights='{irrelevance: 2}' (categories left out weigh 1)"
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"data.stratify_weights={weights}: {how}")
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"data.stratify_weights.{name}={w}: use a finite number >= 0; {how}")
+
+
 TOOL_FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "template")
 
 
@@ -82,6 +96,7 @@ def check_config(cfg, world: int) -> None:
     for key, value, ok, want in rules:
         if not ok:
             raise ValueError(f"{key}={value}: use {want}")
+    check_stratify_weights(cfg.data.stratify_weights)
     algo_.check(cfg.algo, t.batch_size, world)
     check_world(cfg, world)
     WeightedReward(list(cfg.reward.functions), parser=cfg.model.tool_format)  # every reward resolves: names, keys, kwargs, signatures

@@ -77,7 +77,8 @@ def train(cfg: DictConfig) -> dict:
     s = Setup.build(cfg, resume_step=_step_of(resume_from))
     policy, algo, G, dist = s.policy, cfg.algo, cfg.algo.group_size, s.policy.dist
     opt, sched = make_optimizer(cfg.trainer, policy, algo.ppo_epochs * algo.mini_batches)
-    data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed, cfg.data.stratify)
+    data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed, cfg.data.stratify,
+                      cfg.data.stratify_weights)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
     run_eval = lambda step=0: held_out_eval(cfg, s, eval_tasks, TrainerState(step, cfg.trainer.steps))  # noqa: E731
 

@@ -65,3 +65,15 @@ def test_cfg_job_prints_the_resolved_config():
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stderr
     assert "steps: 7" in out.stdout and "name_or_path: smollm2-135m" in out.stdout
+
+
+def test_stratify_weights_from_the_command_line_and_bad_ones_fail_naming_the_key():
+    from rl.setup import check_config
+
+    cfg = make(["data.stratify_weights={irrelevance: 2}"])
+    assert dict(cfg.data.stratify_weights) == {"irrelevance": 2}
+    check_config(cfg, 1)
+    for bad, key in (("[1, 2]", "data.stratify_weights="), ("{irrelevance: -1}", "data.stratify_weights.irrelevance=-1"),
+                     ("{irrelevance: many}", "data.stratify_weights.irrelevance=many")):
+        with pytest.raises(ValueError, match=key.replace("[", r"\[")):
+            check_config(make([f"data.stratify_weights={bad}"]), 1)

@@ -1,6 +1,8 @@
 """The synthetic generator: seeded, disjoint splits, every category, and gold answers that
 the Tool-N1 reward scores 1."""
 
+import pytest
+
 from envs import synthetic
 from envs.datasets import TaskStream, check_row
 from envs.single_turn import gold_answer
@@ -68,6 +70,35 @@ def test_stratified_stream_gives_every_batch_each_category_and_resumes_exactly()
     resumed = TaskStream(rows, 4, seed=1, stratify=True)
     resumed.load_state_dict(stream.state_dict())
     assert [stream.next_batch() for _ in range(6)] == [resumed.next_batch() for _ in range(6)]
+
+
+def test_stratify_weights_give_each_category_its_share_of_every_batch_and_resume_exactly():
+    # 6 irrelevance rows against 20 of each other category: the shares come from the weights, not the counts
+    rows = [{"id": i, "category": c} for i, c in enumerate(["simple"] * 20 + ["multiple"] * 20 + ["irrelevance"] * 6)]
+    stream = TaskStream(rows, 4, seed=3, stratify=True, shares={"irrelevance": 2})
+    batches = [stream.next_batch() for _ in range(10)]
+    counts = [sum(r["category"] == "irrelevance" for r in b) for b in batches]
+    assert sum(counts) == 20 and set(counts) == {2}  # 2 of 4 every batch: weights 2 / (1 + 1 + 2)
+    assert all(sum(r["category"] == "simple" for r in b) == 1 for b in batches)
+    ids = [r["id"] for b in batches for r in b if r["category"] == "irrelevance"]
+    assert sorted(ids[:6]) == list(range(40, 46)) and ids[6:12] == ids[:6]  # each row once, then the rows again
+    again = TaskStream(rows, 4, seed=3, stratify=True, shares={"irrelevance": 2})
+    assert [again.next_batch() for _ in range(10)] == batches  # seeded
+    resumed = TaskStream(rows, 4, seed=3, stratify=True, shares={"irrelevance": 2})
+    resumed.load_state_dict(stream.state_dict())
+    assert [stream.next_batch() for _ in range(5)] == [resumed.next_batch() for _ in range(5)]
+    zero = TaskStream(rows, 4, seed=3, shares={"multiple": 0})  # weights imply stratify; 0 leaves a category out
+    assert {r["category"] for _ in range(5) for r in zero.next_batch()} == {"simple", "irrelevance"}
+
+
+@pytest.mark.parametrize("shares, message", [({"parallel": 2}, "no training row has"),
+                                             ({"simple": -1}, "finite and >= 0"),
+                                             ({"simple": 0, "multiple": 0, "irrelevance": 0}, "above 0")])
+def test_stratify_weights_that_cannot_be_met_fail_naming_the_key(shares, message):
+    rows = [{"id": i, "category": c} for i, c in enumerate(["simple", "multiple", "irrelevance"] * 2)]
+    with pytest.raises(ValueError, match=message) as e:
+        TaskStream(rows, 4, seed=0, shares=shares)
+    assert "data.stratify_weights" in str(e.value)
 
 
 def test_builtin_tool_tasks_run_in_the_sandbox():
