@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 from envs import synthetic
@@ -382,6 +383,19 @@ def to_trl(tasks: list[dict], system_prompt: str | None = None):
     return datasets.Dataset.from_list(rows)
 
 
+def check_stratify_weights(weights) -> dict[str, float]:
+    """data.stratify_weights as {category: weight}: a mapping of finite numbers >= 0 (None: {})."""
+    if weights is None:
+        return {}
+    how = "give a mapping such as data.stratify_weights='{irrelevance: 2}' (categories left out weigh 1)"
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"data.stratify_weights={weights}: {how}")
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"data.stratify_weights.{name}={w}: every weight must be finite and >= 0; {how}")
+    return {str(k): float(v) for k, v in weights.items()}
+
+
 class TaskStream:
     """Batches of tasks in a seeded order, reshuffled every epoch; its position is part of
     the checkpoint so a resumed run sees exactly the batches it would have seen. With
@@ -395,17 +409,16 @@ class TaskStream:
         if not rows:
             raise ValueError("no training tasks (data.name=bfcl is for evaluation: python -m rl.eval data=bfcl)")
         self.rows, self.batch_size, self.seed, self.stratify = rows, batch_size, seed, stratify or bool(shares)
-        self.shares = {str(k): float(v) for k, v in (shares or {}).items()}
+        self.shares = check_stratify_weights(shares)
         if self.shares:
             present = {str(r.get("category")) for r in rows}
             unknown = sorted(set(self.shares) - present)
             if unknown:
                 raise ValueError(f"data.stratify_weights names {unknown}, which no training row has as its category "
                                  f"(the categories are {sorted(present)})")
-            if any(not math.isfinite(w) or w < 0 for w in self.shares.values()) or not any(
-                    self.shares.get(c, 1.0) > 0 for c in present):
-                raise ValueError(f"data.stratify_weights={self.shares}: every weight must be finite and >= 0, "
-                                 "and at least one category must keep a weight above 0 (unnamed categories weigh 1)")
+            if not any(self.shares.get(c, 1.0) > 0 for c in present):
+                raise ValueError(f"data.stratify_weights={self.shares}: at least one category must keep a weight "
+                                 "above 0 (unnamed categories weigh 1)")
         self.epoch, self.position = 0, 0
         self.order = self._order()
 
@@ -449,8 +462,8 @@ def _weighted_interleave(queues: dict[str, list[int]], weights: dict[str, float]
     """n row indices in which category c takes weight_c / sum(weights) of every stretch (smooth
     weighted round-robin: each pick goes to the category most owed; unnamed categories weigh 1).
     A category's own (shuffled) rows repeat when its share outruns them within the epoch."""
-    names = [k for k in sorted(queues) if weights.get(k, 1.0) > 0]
-    w = {k: float(weights.get(k, 1.0)) for k in names}
+    w = {k: weights.get(k, 1.0) for k in sorted(queues) if weights.get(k, 1.0) > 0}
+    names = list(w)
     total, credit, taken, out = sum(w.values()), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0), []
     for _ in range(n):
         for k in names:

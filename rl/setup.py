@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from envs.base import Env, make_env
-from envs.datasets import load_tasks
+from envs.datasets import check_stratify_weights, load_tasks
 from rewards.combine import WeightedReward
 from rewards.parsing import PARSERS, template_parser
 from rl import algo as algo_
@@ -49,19 +48,6 @@ def check_world(cfg, world: int) -> None:
         if value % world:
             raise ValueError(f"{key}={value} is not divisible by the {world} processes of this run: each rank samples "
                              f"whole groups for an equal share of the prompts; use a multiple of {world}")
-
-
-def check_stratify_weights(weights) -> None:
-    """data.stratify_weights: a {category: weight} mapping of finite numbers >= 0 (the category
-    names are checked against the training rows when the data loads)."""
-    if weights is None:
-        return
-    how = "give a mapping such as data.stratify_weights='{irrelevance: 2}' (categories left out weigh 1)"
-    if not isinstance(weights, Mapping):
-        raise ValueError(f"data.stratify_weights={weights}: {how}")
-    for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"data.stratify_weights.{name}={w}: use a finite number >= 0; {how}")
 
 
 TOOL_FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "template")
