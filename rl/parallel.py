@@ -91,8 +91,16 @@ class Dist:
             dist.barrier()
 
     def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
+
+
+def shutdown() -> None:
+    """Leave the process group together: a barrier, then destroy. A rank that tears gloo down
+    while a peer is still busy (rank 0 writing files) can abort ("terminate called without an
+    active exception"); after the barrier no rank has a collective left in flight."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def pick_device(name: str) -> torch.device:

@@ -52,7 +52,7 @@ from rl.eval import count_reasons, episode_metrics, episode_summary, evaluate, e
 from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics, release_memory, return_freed_memory
 from rl.optim import make_optimizer, set_base_lr
-from rl.parallel import world_size
+from rl.parallel import shutdown, world_size
 from rl.setup import CONF_DIR, Setup, autocast, check_config
 from rl.sft import gold_nll_backward, gold_rollouts, warm_up
 from envs.datasets import TaskStream
@@ -365,8 +365,7 @@ def _step_of(folder: Path | None) -> int | None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
-    if torch.distributed.is_initialized():  # under torchrun: leave the process group cleanly
-        torch.distributed.destroy_process_group()
+    shutdown()  # under torchrun: leave the process group together
 
 
 if __name__ == "__main__":
