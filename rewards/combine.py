@@ -67,6 +67,7 @@ from typing import Callable
 
 from hydra.utils import get_method, instantiate
 
+from rewards.consistency import think_call_agreement
 from rewards.episode import call_sequence, final_answer, final_state, tool_errors, turn_cost
 from rewards.schema import schema_validity_reward
 from rewards.tool_n1 import format_reward, length_penalty, tool_n1_partial_reward, tool_n1_reward
@@ -82,6 +83,7 @@ REWARDS: dict[str, RewardFn] = {
     "toolrl_format": toolrl_format_reward,  # [0, 1]
     "toolrl_correctness": toolrl_correctness_reward,  # [-3, 3]
     "schema_validity": schema_validity_reward,  # [0, 1]
+    "think_call_agreement": think_call_agreement,  # [0, 1] the think names exactly the called functions
     "length_penalty": length_penalty,  # [-1, 0]
     "final_answer": final_answer,  # [0, 1] multi-turn: the episode's final answer
     "call_sequence": call_sequence,  # [0, 1] multi-turn: the calls of all turns vs ground_truth

@@ -12,6 +12,7 @@ from envs.single_turn import gold_answer
 
 RANGES = {"tool_n1": (0, 1), "tool_n1_partial": (0, 1), "format": (0, 1), "toolrl": (-3, 4), "toolrl_format": (0, 1),
           "toolrl_correctness": (-3, 3), "schema_validity": (0, 1), "length_penalty": (-1, 0),
+          "think_call_agreement": (0, 1),
           # multi-turn: they read the `episodes` keyword (0 and a reason without one); the costs grow with the episode
           "final_answer": (0, 1), "call_sequence": (0, 1), "final_state": (0, 1), "turn_cost": (-math.inf, 0),
           "tool_errors": (-math.inf, 0)}

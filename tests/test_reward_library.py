@@ -10,6 +10,7 @@ from rewards import REWARDS, WeightedReward
 from rewards.parsing import parse, template_parser
 from rewards.schema import schema_validity_reward
 from rewards.tool_n1 import length_penalty, tool_n1_partial_reward, tool_n1_reward
+from rewards.consistency import named_functions, think_call_agreement
 from rewards.toolrl import correctness_score, jaccard, toolrl_reward
 
 
@@ -142,10 +143,76 @@ def test_config_kwargs_are_bound():
 
 def test_every_builtin_is_registered():
     assert {"tool_n1", "tool_n1_partial", "format", "toolrl", "toolrl_format", "toolrl_correctness",
-            "schema_validity", "length_penalty"} <= set(REWARDS)
+            "schema_validity", "length_penalty", "think_call_agreement"} <= set(REWARDS)
 
 
 def test_schema_validity_with_an_invalid_tool_schema_is_a_reason_not_a_crash():
     broken = [{"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": 5}}}}]
     out = schema_validity_reward([answer([f(a=1)])], [broken])
     assert out == [0.0] and out.reasons == ["tool_schema_invalid"]
+
+
+# --- think-call agreement: the think names exactly the called functions -------------------------
+GET_WEATHER = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+GET_WEATHER_FORECAST = {"name": "get_weather_forecast", "parameters": {"type": "object", "properties": {}}}
+OFFERED = [GET_WEATHER, {"type": "function", "function": GET_WEATHER_FORECAST}]  # both tool shapes
+
+
+def said(think, calls):
+    return f"<think>{think}</think><tool_call>{json.dumps(calls)}</tool_call>"
+
+
+AGREEMENT_CASES = [
+    # the SFT gold answers agree: one name, two names, none
+    (said("The request needs get_weather.", [{"name": "get_weather", "arguments": {}}]), 1.0, None),
+    (said("The request needs 2 calls of get_weather, get_weather_forecast.",
+          [{"name": "get_weather", "arguments": {}}, {"name": "get_weather_forecast", "arguments": {}}]), 1.0, None),
+    (said("None of the functions can do this.", []), 1.0, None),
+    # "none" then a call: the think names nothing, the answer calls get_weather
+    (said("None of the functions can do this.", [{"name": "get_weather", "arguments": {}}]), 0.0, "think_call_mismatch"),
+    # names a function, answers []
+    (said("The request needs get_weather.", []), 0.0, "think_call_mismatch"),
+    # names the other function: get_weather_forecast is a word, get_weather is not inside it
+    (said("The request needs get_weather_forecast.", [{"name": "get_weather", "arguments": {}}]), 0.0,
+     "think_call_mismatch"),
+    # names one more offered function than it calls
+    (said("get_weather or get_weather_forecast? get_weather.", [{"name": "get_weather", "arguments": {}}]), 0.0,
+     "think_call_mismatch"),
+    # a function that is not offered counts when called and named
+    (said("Use lookup.", [{"name": "lookup", "arguments": {}}]), 1.0, None),
+    # unreadable: the parser's reason
+    ("no tags at all", 0.0, "no_think"),
+    (said("x", "oops"), 0.0, "not_a_list"),
+]
+
+
+@pytest.mark.parametrize("completion,value,reason", AGREEMENT_CASES)
+def test_think_call_agreement_cases(completion, value, reason):
+    out = think_call_agreement([completion], [OFFERED])
+    assert out == [value] and out.reasons == [reason]
+
+
+def test_named_functions_are_whole_words():
+    names = {"f", "math.factorial", "get-x", "get_weather"}
+    assert named_functions("call f, then math.factorial. get-x-", names) == {"f", "math.factorial", "get-x"}
+    assert named_functions("ff math.factorials get_weathers xget-x", names) == set()
+
+
+def test_think_call_agreement_with_unreadable_tools_is_a_reason():
+    out = think_call_agreement([said("f", [{"name": "f", "arguments": {}}])], ["{not json"])
+    assert out == [0.0] and out.reasons == ["bad_tools"]
+
+
+def test_toolrl_agree_preset_pays_agreement():
+    """conf/reward/toolrl_agree.yaml: toolrl + agreement. A right call after a "none" think gets
+    4, after a think that names it 5; [] on an irrelevance task 5."""
+    import yaml
+    from pathlib import Path
+
+    spec = yaml.safe_load((Path(__file__).parent.parent / "conf/reward/toolrl_agree.yaml").read_text())["functions"]
+    fn = WeightedReward(spec)
+    call = [{"name": "get_weather", "arguments": {}}]
+    out = fn([said("None of the functions can do this.", call), said("The request needs get_weather.", call),
+              said("None of the functions can do this.", [])],
+             ground_truth=[call, call, []], tools=[OFFERED] * 3)
+    assert out.total == [4.0, 5.0, 5.0]
