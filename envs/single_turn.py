@@ -34,7 +34,17 @@ def gold_answer(task: dict, fmt: str = "tool_n1") -> str:
         think = f"The request needs {names[0]}."
     else:
         think = f"The request needs {len(calls)} calls of {', '.join(names)}."
-    return f"<think>{think}</think>\n<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
+    return f"<think>{think}</think>\n<tool_call>{calls_json(calls)}</tool_call>"
+
+
+def calls_json(calls: list[dict]) -> str:
+    """The JSON list of calls with " , " between calls: `[{...}} , {...}}]`. json.dumps's ", "
+    would end a call inside a list as `"}` + `},` in SmolLM2's (GPT-2-style) vocabulary, a path
+    the model rarely sees, while a lone call ends `"` + `}}` + `]`. Sampled parallel answers then
+    wrote `"},` (the token the tools' schemas in the prompt are full of), dropped a brace, and
+    were unreadable (reward -3), so RL never kept a parallel answer. With " , " every call ends
+    as a lone call does, and the choice between one call and more is one token: `]` or ` ,`."""
+    return "[" + " , ".join(json.dumps(c, ensure_ascii=False) for c in calls) + "]"
 
 
 def template_tools(tools: list[dict]) -> list[dict]:

@@ -48,3 +48,23 @@ def test_custom_system_prompt_gets_the_tools():
 def test_gold_answer_shape():
     answer = gold_answer(TASK)
     assert answer.startswith("<think>") and answer.endswith("</tool_call>")
+
+
+@pytest.mark.parametrize("value", ["japanese", 2, True, None])
+def test_a_call_in_a_parallel_gold_answer_ends_with_the_tokens_a_lone_call_ends_with(value):
+    """calls_json's " , ": the first of two calls ends with the same tokens as a lone call
+    (before `]`), so a parallel answer is a lone call's answer plus ` ,` and more calls; with
+    json.dumps's ", " SmolLM2 tokenizes a string value's ending as `"}` + `},` instead."""
+    import json
+
+    tok = tokenizer()
+    call = {"name": "f", "arguments": {"a": value}}
+    lone = gold_answer({"ground_truth": [call]})
+    two = gold_answer({"ground_truth": [call, {"name": "g", "arguments": {}}]})
+    assert json.loads(two.split("<tool_call>")[1].removesuffix("</tool_call>")) == [call, {"name": "g", "arguments": {}}]
+    lone_ids, two_ids = tok(lone.split("</think>")[1])["input_ids"], tok(two.split("</think>")[1])["input_ids"]
+    end = lone_ids.index(tok.convert_tokens_to_ids("]"))  # the lone call's `]`
+    assert two_ids[:end] == lone_ids[:end] and tok.decode(two_ids[end]) == " ,"
+    if isinstance(value, str):  # what json.dumps gives instead: the brace joins the quote
+        dumped = [tok.decode(i) for i in tok(json.dumps([call, call]))["input_ids"]]
+        assert '"}' in dumped and "}}" not in dumped[:dumped.index('"}') + 2]
