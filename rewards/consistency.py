@@ -39,28 +39,26 @@ def named_functions(think: str, names) -> set[str]:
     return words & set(names)
 
 
+def agreement(completion, offered, parser: str = "tool_n1", lenient: bool = False) -> tuple[float, str | None]:
+    """(value, reason) for one completion against the tools its prompt offered."""
+    parsed = parse(completion, parser, lenient)
+    if parsed.calls is None:
+        return 0.0, parsed.reason
+    if parsed.think is None:
+        return 0.0, "no_think"
+    try:
+        names = set(tool_schemas(offered))
+    except (ValueError, TypeError, RecursionError):
+        return 0.0, "bad_tools"
+    called = {c["name"] for c in parsed.calls}
+    if named_functions(parsed.think, names | called) != called:
+        return 0.0, "think_call_mismatch"
+    return 1.0, None
+
+
 @reports_reasons
 def think_call_agreement(completions: list, tools: list, parser: str = "tool_n1", lenient: bool = False,
                          **kwargs) -> list[float]:
     """1 where the think names exactly the offered functions the answer calls, else 0 (with a reason)."""
-    values, reasons = [], []
-    for completion, offered in zip(completions, tools, strict=True):
-        parsed = parse(completion, parser, lenient)
-        if parsed.calls is None:
-            values.append(0.0)
-            reasons.append(parsed.reason)
-        elif parsed.think is None:
-            values.append(0.0)
-            reasons.append("no_think")
-        else:
-            try:
-                names = set(tool_schemas(offered))
-            except (ValueError, TypeError, RecursionError):
-                values.append(0.0)
-                reasons.append("bad_tools")
-                continue
-            called = {c["name"] for c in parsed.calls}
-            agree = named_functions(parsed.think, names | called) == called
-            values.append(1.0 if agree else 0.0)
-            reasons.append(None if agree else "think_call_mismatch")
-    return Scores(values, reasons)
+    scored = [agreement(c, offered, parser, lenient) for c, offered in zip(completions, tools, strict=True)]
+    return Scores([v for v, _ in scored], [r for _, r in scored])
