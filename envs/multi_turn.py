@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from envs.single_turn import SingleTurnEnv, gold_answer, template_tools
+from envs.single_turn import SingleTurnEnv, calls_json, gold_answer, template_tools
 from envs.types import Rollout, Sample, SamplingParams
 from rewards.parsing import CALL_OPEN, parse, split_think
 
@@ -312,7 +312,7 @@ def gold_turns(task: dict, fmt: str = "tool_n1") -> list[str]:
                 turns.append(gold_answer({"ground_truth": [call]}, fmt))
                 continue
             think = f"First I need {call['name']}." if k == 0 else f"With that result, now {call['name']}."
-            turns.append(f"<think>{think}</think>\n<tool_call>{json.dumps([call], ensure_ascii=False)}</tool_call>")
+            turns.append(f"<think>{think}</think>\n<tool_call>{calls_json([call])}</tool_call>")
         answer = task["answer"] if u == len(per_user) - 1 and task.get("answer") is not None else "Done."
         turns.append(f"<think>I have the result.</think>\n{answer}" if fmt == "tool_n1" else str(answer))
     return turns
