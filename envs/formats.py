@@ -35,6 +35,8 @@ import ast
 import json
 import re
 
+from envs.single_turn import calls_json
+
 PY_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
             "number": "number", "double": "number", "bool": "boolean", "boolean": "boolean", "dict": "object",
             "object": "object", "list": "array", "array": "array", "tuple": "array", "set": "array", "null": "null",
@@ -134,7 +136,7 @@ def from_openai(row: dict) -> list[dict]:
             calls = [openai_call(c) for c in calls]
             if next((h["role"] for h in history if h["role"] != "system"), None) == "user":
                 tasks.append({"messages": list(history), "tools": tools, "ground_truth": calls})
-            text = f"<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
+            text = f"<tool_call>{calls_json(calls)}</tool_call>"  # as gold answers write them
             history.append({"role": "assistant", "content": f"{content}\n{text}" if content.strip() else text})
         elif role in ROLES:
             history.append({"role": ROLES[role], "content": content})

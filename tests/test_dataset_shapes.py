@@ -279,3 +279,21 @@ def test_read_hub_refuses_unknown_or_missing_files(tmp_path):
         load_tasks(data_cfg(tmp_path / "nowhere.parquet"))
     with pytest.raises(ValueError, match="to_trl: no tasks"):
         to_trl([])
+
+
+def test_openai_history_writes_parallel_calls_as_gold_answers_do():
+    from envs.formats import from_openai
+    from envs.single_turn import calls_json
+
+    calls = [{"name": "get_weather", "arguments": {"city": c}} for c in ("Oslo", "Lima")]
+    turn = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}} for c in calls]}
+    row = {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Oslo and Lima?"}, turn,
+        {"role": "tool", "content": "4 C"}, {"role": "tool", "content": "19 C"},
+        {"role": "user", "content": "And Oslo again?"},
+        {"role": "assistant", "content": "", "tool_calls": [turn["tool_calls"][0]]}]}
+    first, second = from_openai(row)
+    assert first["ground_truth"] == calls
+    assert second["messages"][1]["content"] == f"<tool_call>{calls_json(calls)}</tool_call>"
+    assert '"}} , {"' in second["messages"][1]["content"]
