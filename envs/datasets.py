@@ -312,7 +312,8 @@ def load_tasks(cfg) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out eval rows)."""
     if cfg.name == "synthetic":
         return synthetic.train_eval_split(cfg.n_train, cfg.n_eval, cfg.seed, list(cfg.categories), cfg.weights,
-                                          cfg.builtin_tools, cfg.bfcl_disjoint, cfg.typed_tools)
+                                          cfg.builtin_tools, cfg.bfcl_disjoint, cfg.typed_tools,
+                                          cfg.irrelevance_near_miss)
     if cfg.name == "bfcl_multi_turn":  # synthetic tasks over BFCL's API classes (never BFCL's test items)
         from envs import bfcl_multi_turn
 

@@ -208,8 +208,11 @@ def _call(spec: ToolSpec, args: dict) -> dict:
     return {"name": spec.name, "arguments": args}
 
 
-def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = TOOLS, family: str | None = None) -> dict:
-    """One task of the given category, drawn from rng, over the tools in specs."""
+def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = TOOLS, family: str | None = None,
+              near_miss: float = 0.0) -> dict:
+    """One task of the given category, drawn from rng, over the tools in specs. near_miss is the
+    share of irrelevance tasks that ask for a call of a catalog tool the task does not offer
+    (as BFCL's irrelevance does); the others are requests no tool serves (IRRELEVANT)."""
     if category == "simple":
         spec = rng.choice(specs)
         args = spec.sample_args(rng)
@@ -237,6 +240,11 @@ def make_task(category: str, rng: random.Random, specs: tuple[ToolSpec, ...] = T
         asks = [_ask(spec, a, rng) for spec, a in arg_sets]
         query = asks[0] + "".join(rng.choice(_PARALLEL_JOIN) + a[0].lower() + a[1:] for a in asks[1:])
         calls = [_call(spec, a) for spec, a in arg_sets]
+    elif category == "irrelevance" and near_miss > 0 and rng.random() < near_miss:
+        asked = rng.choice(specs)
+        others = [s for s in specs if s.name != asked.name]
+        offered = rng.sample(others, min(len(others), rng.randint(1, 2)))
+        query, calls = _ask(asked, asked.sample_args(rng), rng), []
     elif category == "irrelevance":
         offered = rng.sample(specs, rng.randint(1, 2))
         query, calls = rng.choice(IRRELEVANT), []
@@ -262,15 +270,16 @@ def catalog(builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tool
 
 
 def generate(n: int, seed: int, categories: tuple[str, ...] | list[str] = CATEGORIES, weights: list[float] | None = None,
-             builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tools: bool = False) -> list[dict]:
+             builtin_tools: bool = False, bfcl_disjoint: bool = False, typed_tools: bool = False,
+             near_miss: float = 0.0) -> list[dict]:
     """n tasks, categories drawn with the given weights; same seed, same rows. builtin_tools
-    adds tasks over the executable built-in tools (calculator, units, dates)."""
+    adds tasks over the executable built-in tools (calculator, units, dates); near_miss as in make_task."""
     rng = random.Random(seed)
     tools = catalog(builtin_tools, bfcl_disjoint, typed_tools)
     rows = []
     for i in range(n):
         category = rng.choices(list(categories), weights=weights)[0]
-        rows.append({"id": f"synthetic-{seed}-{i}", **make_task(category, rng, tools)})
+        rows.append({"id": f"synthetic-{seed}-{i}", **make_task(category, rng, tools, near_miss=near_miss)})
     return rows
 
 
@@ -289,11 +298,11 @@ def task_key(row: dict) -> tuple:
 
 def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES, weights=None,
                      builtin_tools: bool = False, bfcl_disjoint: bool = False,
-                     typed_tools: bool = False) -> tuple[list[dict], list[dict]]:
+                     typed_tools: bool = False, near_miss: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Train rows as generate() draws them; eval rows stratified (the same count from every
     category) and disjoint from train: no eval task occurs in train."""
     categories = list(categories)
-    train = generate(n_train, seed, categories, weights, builtin_tools, bfcl_disjoint, typed_tools)
+    train = generate(n_train, seed, categories, weights, builtin_tools, bfcl_disjoint, typed_tools, near_miss)
     tools = catalog(builtin_tools, bfcl_disjoint, typed_tools)
     seen = {task_key(r) for r in train}
     rng = random.Random(seed + 1_000_003)
@@ -305,7 +314,7 @@ def train_eval_split(n_train: int, n_eval: int, seed: int, categories=CATEGORIES
             if quota == 0:
                 break
             family = families[quota % len(families)] if families else None  # multi_turn: every family in turn
-            row = make_task(category, rng, tools, family)
+            row = make_task(category, rng, tools, family, near_miss)
             if task_key(row) not in seen:
                 seen.add(task_key(row))
                 eval_rows.append({"id": f"synthetic-eval-{seed}-{len(eval_rows)}", **row})

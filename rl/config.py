@@ -132,6 +132,7 @@ class DataConfig:
     weights: Optional[list[float]] = None
     typed_tools: bool = False  # synthetic: also tools with float, bool, array, nested-object and optional arguments
     bfcl_disjoint: bool = False  # synthetic: rename tools so no function name is also one of BFCL's
+    irrelevance_near_miss: float = 0.0  # synthetic: share of irrelevance tasks asking for a catalog tool that is not offered (BFCL-like), in [0, 1]
     builtin_tools: bool = False  # synthetic: also tasks over the executable built-in tools (calculator, units, dates)
     strict: bool = False  # bad rows: false = skip and count, true = fail on the first
     format: str = "ours"  # jsonl/hub rows: ours | toolace | xlam | hermes | bfcl | openai (envs/formats.py)

@@ -77,6 +77,7 @@ def check_config(cfg, world: int) -> None:
         ("algo.sampling.max_new_tokens", smp.max_new_tokens, smp.max_new_tokens >= 1, ">= 1"),
         ("trainer.optimizer", t.optimizer, t.optimizer in optim.OPTIMIZERS, " | ".join(optim.OPTIMIZERS)),
         ("data.max_skipped_share", cfg.data.max_skipped_share, 0 <= cfg.data.max_skipped_share <= 1, "in [0, 1]"),
+        ("data.irrelevance_near_miss", cfg.data.irrelevance_near_miss, 0 <= cfg.data.irrelevance_near_miss <= 1, "in [0, 1]"),
         ("model.tool_format", cfg.model.tool_format, cfg.model.tool_format in TOOL_FORMATS, " | ".join(TOOL_FORMATS)),
     ]
     for key, value, ok, want in rules:

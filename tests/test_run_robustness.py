@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("algo.sampling.max_new_tokens=0", "algo.sampling.max_new_tokens=0"),
     ("trainer.optimizer=sgdd", "trainer.optimizer=sgdd"),
     ("data.max_skipped_share=2", "data.max_skipped_share=2"),
+    ("data.irrelevance_near_miss=1.5", "data.irrelevance_near_miss=1.5"),
 ])
 def test_bad_values_fail_before_anything_is_written(tiny, tmp_path, override, key):
     with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("(", r"\(")):

@@ -165,3 +165,30 @@ def test_bfcl_disjoint_names_and_descriptions():
     assert not {s.schema["description"] for s in disjoint} & descriptions
     rows = synthetic.generate(100, 0, bfcl_disjoint=True, typed_tools=True)
     assert not {t["name"] for r in rows for t in r["tools"]} & names
+
+
+def test_near_miss_irrelevance_asks_for_a_tool_that_is_not_offered():
+    rows = synthetic.generate(400, 5, categories=["irrelevance"], near_miss=0.5)
+    asks = {t.name: t for t in synthetic.TOOLS}
+    near = [r for r in rows if r["messages"][-1]["content"] not in synthetic.IRRELEVANT]
+    assert 150 <= len(near) <= 250  # about half
+    for row in rows:
+        check_row(row)
+        assert row["ground_truth"] == []
+    for row in near:  # the request is one some catalog tool answers, and that tool is not offered
+        offered = {t["name"] for t in row["tools"]}
+        fits = [name for name, spec in asks.items()
+                if any(_matches(template, row["messages"][-1]["content"]) for template in spec.templates)]
+        assert fits and not set(fits) & offered, (row["messages"][-1]["content"], offered)
+    # 0 keeps the rows exactly as before; the whole split honours the share
+    assert synthetic.generate(50, 5) == synthetic.generate(50, 5, near_miss=0.0)
+    _, held_out = synthetic.train_eval_split(400, 40, seed=0, near_miss=1.0)
+    assert all(r["messages"][-1]["content"] not in synthetic.IRRELEVANT for r in held_out if r["category"] == "irrelevance")
+
+
+def _matches(template: str, text: str) -> bool:
+    import re
+    import string
+
+    pattern = "".join(re.escape(lit) + (".+?" if field else "") for lit, field, _, _ in string.Formatter().parse(template))
+    return re.fullmatch(pattern, text) is not None
