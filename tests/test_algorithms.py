@@ -124,6 +124,17 @@ def test_reinforce_pp_by_hand():
     assert ADVANTAGES["reinforce_pp"](torch.tensor([3.0]), adv_algo(1)).tolist() == [0.0]
 
 
+def test_agreeing_groups_keep_a_gradient_only_when_whitened_over_the_batch():
+    """The embedded default's reason for gspo_pp: an irrelevance prompt whose 4 completions all
+    answer [] (ToolRL +4) and a tool prompt whose 4 all answer [] (-2). GRPO's group baseline
+    gives both groups advantage 0; whitened over the batch, [] is pushed up on the first and
+    down on the second: mean 1, unbiased std sqrt(8 x 9 / 7) = 3.207135, A = +-3 / 3.207135."""
+    r = torch.tensor([4.0] * 4 + [-2.0] * 4)
+    assert ADVANTAGES["grpo"](r, adv_algo(4)).abs().max().item() < 1e-6
+    a = 3 / (math.sqrt(72 / 7) + 1e-4)  # 0.935385
+    assert torch.allclose(ADVANTAGES["reinforce_pp"](r, adv_algo(4)), torch.tensor([a] * 4 + [-a] * 4), atol=1e-6)
+
+
 def test_reinforce_batch_baseline_by_hand():
     r = torch.tensor([1.0, 0.0, 3.0, 0.0])
     # baseline=batch: b = mean(1, 0, 3, 0) = 1 -> [0, -1, 2, -1]
