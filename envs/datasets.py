@@ -416,7 +416,8 @@ class TaskStream:
             unknown = sorted(set(self.shares) - present)
             if unknown:
                 raise ValueError(f"data.stratify_weights names {unknown}, which no training row has as its category "
-                                 f"(the categories are {sorted(present)})")
+                                 f"(the categories are {sorted(present)}): name only those, or data.stratify_weights=null "
+                                 "for equal shares")
             if not any(self.shares.get(c, 1.0) > 0 for c in present):
                 raise ValueError(f"data.stratify_weights={self.shares}: at least one category must keep a weight "
                                  "above 0 (unnamed categories weigh 1)")
