@@ -73,7 +73,13 @@ def test_stratify_weights_from_the_command_line_and_bad_ones_fail_naming_the_key
     cfg = make(["data.stratify_weights={irrelevance: 2}"])
     assert dict(cfg.data.stratify_weights) == {"irrelevance": 2}
     check_config(cfg, 1)
-    for bad, key in (("[1, 2]", "data.stratify_weights="), ("{irrelevance: -1}", "data.stratify_weights.irrelevance=-1"),
+    for bad, key in (("{irrelevance: -1}", "data.stratify_weights.irrelevance=-1"),
                      ("{irrelevance: many}", "data.stratify_weights.irrelevance=many")):
-        with pytest.raises(ValueError, match=key.replace("[", r"\[")):
+        with pytest.raises(ValueError, match=key):
             check_config(make([f"data.stratify_weights={bad}"]), 1)
+    # the default is a mapping, so a list fails in Hydra's merge, naming the key; after null, in ours
+    with pytest.raises(Exception, match=r"override data.stratify_weights=\[1, 2\]"):
+        make(["data.stratify_weights=[1, 2]"])
+    with pytest.raises(ValueError, match=r"data.stratify_weights=\[1, 2\]"):
+        check_config(make(["experiment=smoke", "data.stratify_weights=[1, 2]"]), 1)
+    assert make(["experiment=smoke"]).data.stratify_weights is None  # the tests' runs keep equal shares
