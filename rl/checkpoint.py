@@ -151,7 +151,9 @@ def _sha256(file: Path) -> str:
 
 
 def write_manifest(folder: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    """Lists every file of the folder but the manifest itself, so rewriting it after an edit
+    (a reseeded trainer_state.pt) leaves a checkpoint that verifies."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST)
     entries = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
     (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
 

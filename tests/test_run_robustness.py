@@ -94,6 +94,16 @@ def test_a_failed_write_names_the_folder_and_the_free_space(tiny, tmp_path, monk
     assert not list(tmp_path.glob("checkpoint-*")) and not list(tmp_path.glob(".tmp-checkpoint-*"))
 
 
+def test_a_rewritten_manifest_does_not_list_itself(tmp_path):
+    (tmp_path / "trainer_state.pt").write_bytes(b"state")
+    checkpoint.write_manifest(tmp_path)
+    assert checkpoint.verify(tmp_path) is None
+    (tmp_path / "trainer_state.pt").write_bytes(b"edited state")  # e.g. the RNG reseeded by hand
+    checkpoint.write_manifest(tmp_path)
+    assert checkpoint.verify(tmp_path) is None
+    assert sorted(json.loads((tmp_path / checkpoint.MANIFEST).read_text())["files"]) == ["trainer_state.pt"]
+
+
 @pytest.mark.parametrize("damage", ["truncate_weights", "delete_weights", "corrupt_state", "delete_manifest_file"])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tiny, tmp_path, caplog, damage):
     train(tiny(*DENSE, "trainer.keep_last=3"))
