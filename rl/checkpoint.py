@@ -139,6 +139,8 @@ def latest(output_dir: Path) -> Path | None:
         if problem is None:
             return folder
         log.warning("%s is incomplete (%s): resuming from the checkpoint before it", folder, problem)
+    if output_dir.exists() and all_checkpoints(output_dir):
+        log.warning("no checkpoint in %s is complete: the run starts over from the beginning", output_dir)
     return None
 
 

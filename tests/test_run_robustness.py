@@ -104,6 +104,16 @@ def test_a_rewritten_manifest_does_not_list_itself(tmp_path):
     assert sorted(json.loads((tmp_path / checkpoint.MANIFEST).read_text())["files"]) == ["trainer_state.pt"]
 
 
+def test_no_complete_checkpoint_says_the_run_starts_over(tmp_path, caplog):
+    folder = tmp_path / "checkpoint-0"
+    folder.mkdir()
+    (folder / "trainer_state.pt").write_bytes(b"state")
+    checkpoint.write_manifest(folder)
+    (folder / "trainer_state.pt").write_bytes(b"damaged")
+    assert checkpoint.latest(tmp_path) is None
+    assert "checkpoint-0 is incomplete" in caplog.text and "starts over from the beginning" in caplog.text
+
+
 @pytest.mark.parametrize("damage", ["truncate_weights", "delete_weights", "corrupt_state", "delete_manifest_file"])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tiny, tmp_path, caplog, damage):
     train(tiny(*DENSE, "trainer.keep_last=3"))
