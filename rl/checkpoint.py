@@ -134,12 +134,13 @@ def all_checkpoints(output_dir: Path) -> list[Path]:
 def latest(output_dir: Path) -> Path | None:
     """The newest complete checkpoint: one whose files match its manifest. A damaged newer one
     (a disk that lost a file, a truncated copy) is skipped with a warning naming the file."""
-    for folder in reversed(all_checkpoints(output_dir) if output_dir.exists() else []):
+    folders = all_checkpoints(output_dir) if output_dir.exists() else []
+    for folder in reversed(folders):
         problem = verify(folder)
         if problem is None:
             return folder
         log.warning("%s is incomplete (%s): resuming from the checkpoint before it", folder, problem)
-    if output_dir.exists() and all_checkpoints(output_dir):
+    if folders:
         log.warning("no checkpoint in %s is complete: the run starts over from the beginning", output_dir)
     return None
 
