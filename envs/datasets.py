@@ -397,16 +397,25 @@ def check_stratify_weights(weights) -> dict[str, float]:
     return {str(k): float(v) for k, v in weights.items()}
 
 
+def check_adaptive_floor(floor) -> None:
+    """data.adaptive_floor: null (fixed shares) or a finite number >= 0."""
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))
+                              or not math.isfinite(floor) or floor < 0):
+        raise ValueError(f"data.adaptive_floor={floor}: use a finite number >= 0 (0.5: a category it never fails "
+                         "keeps a third of the share of one it always fails), or null for fixed shares")
+
+
 class TaskStream:
     """Batches of tasks in a seeded order, reshuffled every epoch; its position is part of
     the checkpoint so a resumed run sees exactly the batches it would have seen. With
     stratify, the order cycles through the rows' categories (each shuffled, the categories'
     order reshuffled every round), so every batch holds each category's share. With shares
     (data.stratify_weights, {category: weight}, unnamed categories 1), category c takes
-    weight_c / sum of the weights of every batch whatever its count of rows."""
+    weight_c / sum of the weights of every batch whatever its count of rows. With an adaptive
+    floor (data.adaptive_floor) the shares follow the failures (AdaptiveShares, fed by observe)."""
 
     def __init__(self, rows: list[dict], batch_size: int, seed: int, stratify: bool = False,
-                 shares: dict[str, float] | None = None):
+                 shares: dict[str, float] | None = None, adaptive_floor: float | None = None):
         if not rows:
             raise ValueError("no training tasks (data.name=bfcl is for evaluation: python -m rl.eval data=bfcl)")
         self.rows, self.batch_size, self.seed, self.stratify = rows, batch_size, seed, stratify or bool(shares)
@@ -423,6 +432,7 @@ class TaskStream:
                                  "above 0 (unnamed categories weigh 1)")
         self.epoch, self.position = 0, 0
         self.order = self._order()
+        self.adaptive = AdaptiveShares(rows, seed, self.shares, adaptive_floor) if adaptive_floor is not None else None
 
     def _order(self) -> list[int]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
@@ -443,6 +453,8 @@ class TaskStream:
         return out
 
     def next_batch(self) -> list[dict]:
+        if self.adaptive is not None:
+            return [self.adaptive.pick() for _ in range(self.batch_size)]
         batch = []
         while len(batch) < self.batch_size:
             if self.position == len(self.order):
@@ -452,12 +464,85 @@ class TaskStream:
             self.position += 1
         return batch
 
+    def observe(self, categories: list[str], successes: list[float]) -> None:
+        """The last batch's results (one success in [0, 1] per completion, with its task's
+        category); only adaptive shares use them."""
+        if self.adaptive is not None:
+            self.adaptive.observe(categories, successes)
+
+    def metrics(self) -> dict[str, float]:
+        """data/share/<category>: each category's share of the next batch (adaptive shares only)."""
+        return {f"data/share/{k}": v for k, v in self.adaptive.shares().items()} if self.adaptive is not None else {}
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        state = {"epoch": self.epoch, "position": self.position}
+        if self.adaptive is not None:
+            state["adaptive"] = self.adaptive.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self.order = self._order()
+        if self.adaptive is not None and "adaptive" in state:
+            self.adaptive.load_state_dict(state["adaptive"])
+
+
+class AdaptiveShares:
+    """Category shares that follow the failures (data.adaptive_floor): category c takes
+    weight_c * (floor + fail_c) / sum over categories of every batch, where fail_c is an
+    exponential moving average (half from the last batch that held c) of 1 - the success of c's
+    completions, starting at 0.5 (the plain weights). A category the policy is losing gets more of
+    the next batches, so neither answering `[]` everywhere nor calling everywhere can take over
+    unopposed. Picks are a smooth weighted round-robin over the current shares; each category's
+    rows come in a seeded order, reshuffled each pass. Its state is part of the checkpoint."""
+
+    DECAY = 0.5
+
+    def __init__(self, rows: list[dict], seed: int, weights: dict[str, float], floor: float):
+        check_adaptive_floor(floor)
+        self.rows, self.seed, self.floor = rows, seed, float(floor)
+        self.by_category: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            self.by_category.setdefault(str(r.get("category")), []).append(i)
+        self.names = [k for k in sorted(self.by_category) if weights.get(k, 1.0) > 0]
+        self.weights = {k: weights.get(k, 1.0) for k in self.names}
+        self.fail = dict.fromkeys(self.names, 0.5)
+        self.credit = dict.fromkeys(self.names, 0.0)
+        self.taken = dict.fromkeys(self.names, 0)
+        self._pass: dict[str, tuple[int, list[int]]] = {}  # category -> (pass, its rows' order in that pass)
+
+    def shares(self) -> dict[str, float]:
+        w = {k: self.weights[k] * (self.floor + self.fail[k]) for k in self.names}
+        total = sum(w.values())
+        return {k: v / total for k, v in w.items()} if total > 0 else {k: 1 / len(w) for k in w}
+
+    def pick(self) -> dict:
+        shares = self.shares()
+        for k in self.names:
+            self.credit[k] += shares[k]
+        k = max(self.names, key=self.credit.__getitem__)  # ties: the first name in sorted order
+        self.credit[k] -= 1.0
+        n, i = len(self.by_category[k]), self.taken[k]
+        if self._pass.get(k, (None,))[0] != i // n:  # the category's next pass: its rows reshuffled
+            order = list(self.by_category[k])
+            random.Random(f"{self.seed}/{k}/{i // n}").shuffle(order)
+            self._pass[k] = (i // n, order)
+        self.taken[k] += 1
+        return self.rows[self._pass[k][1][i % n]]
+
+    def observe(self, categories: list[str], successes: list[float]) -> None:
+        seen: dict[str, list[float]] = {}
+        for c, v in zip(categories, successes):
+            if c in self.fail and v == v:  # NaN: the function did not apply
+                seen.setdefault(c, []).append(min(max(float(v), 0.0), 1.0))
+        for c, values in seen.items():
+            self.fail[c] = (1 - self.DECAY) * self.fail[c] + self.DECAY * (1 - sum(values) / len(values))
+
+    def state_dict(self) -> dict:
+        return {"fail": dict(self.fail), "credit": dict(self.credit), "taken": dict(self.taken)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fail, self.credit, self.taken = dict(state["fail"]), dict(state["credit"]), dict(state["taken"])
 
 
 def _weighted_interleave(queues: dict[str, list[int]], weights: dict[str, float], n: int) -> list[int]:

@@ -140,6 +140,7 @@ class DataConfig:
     max_skipped_share: float = 0.5  # jsonl/hub: skipping more of a file's rows than this is an error, not a log line
     stratify: bool = False  # training batches cycle through the rows' categories (same share of each per batch)
     stratify_weights: Optional[Any] = None  # {category: weight}: its share of every training batch (unnamed: 1); implies stratify
+    adaptive_floor: Optional[float] = None  # shares follow failures: weight * (floor + failure EMA) (envs/datasets.py AdaptiveShares); null: fixed
 
 
 @dataclass

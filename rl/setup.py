@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from envs.base import Env, make_env
-from envs.datasets import check_stratify_weights, load_tasks
+from envs.datasets import check_adaptive_floor, check_stratify_weights, load_tasks
 from rewards.combine import WeightedReward
 from rewards.parsing import PARSERS, template_parser
 from rl import algo as algo_
@@ -53,6 +53,16 @@ def check_world(cfg, world: int) -> None:
 TOOL_FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "template")
 
 
+def check_adaptive(floor, exact_match: str, names: list[str]) -> None:
+    """data.adaptive_floor: null, or a finite number >= 0 with reward.exact_match among the
+    reward functions' names (the shares follow its failures)."""
+    check_adaptive_floor(floor)
+    if floor is not None and exact_match not in names:
+        raise ValueError(f"data.adaptive_floor={floor} follows the failures of reward.exact_match="
+                         f"{exact_match}, which is not among reward.functions {names}: add it with weight 0 "
+                         "(as conf/reward/toolrl.yaml does with tool_n1), or data.adaptive_floor=null")
+
+
 def check_config(cfg, world: int) -> None:
     """Every value range, before a model loads or anything is written: a bad value fails here
     naming its key, never as a ZeroDivisionError after checkpoint-0."""
@@ -86,7 +96,8 @@ def check_config(cfg, world: int) -> None:
     check_stratify_weights(cfg.data.stratify_weights)
     algo_.check(cfg.algo, t.batch_size, world)
     check_world(cfg, world)
-    WeightedReward(list(cfg.reward.functions), parser=cfg.model.tool_format)  # every reward resolves: names, keys, kwargs, signatures
+    rewards = WeightedReward(list(cfg.reward.functions), parser=cfg.model.tool_format)  # every reward resolves: names, keys, kwargs, signatures
+    check_adaptive(cfg.data.adaptive_floor, cfg.reward.exact_match, [name for name, _, _ in rewards.functions])
 
 
 @dataclass

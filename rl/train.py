@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict:
     policy, algo, G, dist = s.policy, cfg.algo, cfg.algo.group_size, s.policy.dist
     opt, sched = make_optimizer(cfg.trainer, policy, algo.ppo_epochs * algo.mini_batches)
     data = TaskStream(s.train_tasks, cfg.trainer.batch_size, cfg.trainer.seed, cfg.data.stratify,
-                      cfg.data.stratify_weights)
+                      cfg.data.stratify_weights, cfg.data.adaptive_floor)
     eval_tasks = s.eval_tasks[: cfg.trainer.eval_size] if cfg.trainer.eval_size else s.eval_tasks
     run_eval = lambda step=0: held_out_eval(cfg, s, eval_tasks, TrainerState(step, cfg.trainer.steps))  # noqa: E731
 
@@ -121,6 +121,8 @@ def train(cfg: DictConfig) -> dict:
             lambda: dist.share(data.next_batch()), algo, dist)
         t_gen = time.perf_counter()
         rewards = algo_.shaped_rewards(scored, rollouts, algo, weights)  # [B*G]
+        if cfg.data.adaptive_floor is not None:  # the category shares follow every rank's exact-match failures
+            data.observe(*outcomes(dist, rollouts, scored, cfg.reward.exact_match))
         release(s.engine)  # engine.sleep: the sampling copy's memory goes to the update
         stats = update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings)
         t_update = time.perf_counter()
@@ -129,7 +131,8 @@ def train(cfg: DictConfig) -> dict:
 
         times = {**timings.pop(), "time/update_s": t_update - t_gen, "time/sync_s": t_end - t_update,
                  "time/step_s": t_end - t0}  # + generate, reward, logprobs (reference, old), forward_backward, optimizer
-        metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, **sampled, "lr": sched.get_last_lr()[0],
+        metrics = {**batch_metrics(dist, scored, rollouts, G, times), **stats, **sampled, **data.metrics(),
+                   "lr": sched.get_last_lr()[0],
                    "sync/probe_diff": getattr(s.engine, "last_probe_diff", 0.0)}  # engines that check their sync
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
             metrics.update(run_eval(step))
@@ -283,6 +286,13 @@ def batch_metrics(dist, scored, rollouts, group_size: int, times: dict) -> dict:
             **rollout_metrics([shape for _, shapes, _ in everyone for shape in shapes], times["time/step_s"]),
             **episode_metrics([e for _, _, episodes in everyone for e in episodes]),
             **times, **memory_metrics(dist)}
+
+
+def outcomes(dist, rollouts, scored, name: str) -> tuple[list[str], list[float]]:
+    """The category and the `name` reward (exact match) of every rollout of the batch, all ranks'."""
+    mine = ([str(r.task.get("category")) for r in rollouts], list(scored.per_function[name]))
+    everyone = dist.gather([mine])
+    return [c for cs, _ in everyone for c in cs], [v for _, vs in everyone for v in vs]
 
 
 def reward_metrics(scored, group_size: int) -> dict:

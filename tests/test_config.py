@@ -83,3 +83,16 @@ def test_stratify_weights_from_the_command_line_and_bad_ones_fail_naming_the_key
     with pytest.raises(ValueError, match=r"data.stratify_weights=\[1, 2\]"):
         check_config(make(["experiment=smoke", "data.stratify_weights=[1, 2]"]), 1)
     assert make(["experiment=smoke"]).data.stratify_weights is None  # the tests' runs keep equal shares
+
+
+def test_adaptive_floor_bad_values_and_a_missing_exact_match_reward_fail_naming_the_key():
+    from rl.setup import check_config
+
+    check_config(make(["data.adaptive_floor=0.5"]), 1)  # toolrl's config scores tool_n1 at weight 0
+    with pytest.raises(ValueError, match=r"data.adaptive_floor=-1.0: use a finite number >= 0"):
+        check_config(make(["data.adaptive_floor=-1"]), 1)
+    with pytest.raises(Exception, match="data.adaptive_floor"):  # the schema says float: Hydra names the key
+        make(["data.adaptive_floor=many"])
+    with pytest.raises(ValueError, match=r"reward.exact_match=tool_n1, which is not among reward.functions \['toolrl'\]"):
+        check_config(make(["data.adaptive_floor=0.5", "reward.functions=[{name: toolrl}]"]), 1)
+    check_config(make(["reward.functions=[{name: toolrl}]", "data.adaptive_floor=null"]), 1)  # fixed shares do not need it

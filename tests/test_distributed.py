@@ -101,7 +101,8 @@ def test_two_ranks_take_the_one_process_step(tmp_path, extra):
 
 
 def test_two_rank_run_killed_mid_step_resumes_exactly(tmp_path):
-    common = ["-m", "rl.train", "experiment=smoke", *DENSE, "algo.kl_coef=0.1", "trainer.save_every=1", "trainer.steps=3"]
+    common = ["-m", "rl.train", "experiment=smoke", *DENSE, "algo.kl_coef=0.1", "trainer.save_every=1", "trainer.steps=3",
+              "data.adaptive_floor=0.5"]  # the category shares follow both ranks' rewards, and resume with the checkpoint
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     finish(torchrun([*common, f"trainer.output_dir={whole}"]))
 
@@ -123,7 +124,9 @@ def test_two_rank_run_killed_mid_step_resumes_exactly(tmp_path):
     finish(torchrun([*common, f"trainer.output_dir={broken}", "trainer.resume=true"]))
     a, b = metrics(whole), metrics(broken)
     assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 1, 2, 3]  # rank 0 alone logs, no duplicates
-    for key in ("reward/total", "loss", "grad_norm", "kl", "entropy", "completion_len", "eval/length_reward"):
+    shares = [k for k in a[-1] if k.startswith("data/share/")]
+    assert len(shares) == 4 and any(abs(a[-1][k] - 0.25) > 1e-3 for k in shares)
+    for key in ("reward/total", "loss", "grad_norm", "kl", "entropy", "completion_len", "eval/length_reward", *shares):
         assert b[-1][key] == pytest.approx(a[-1][key], rel=1e-5, abs=1e-7), key
     assert a[-1]["kl"] > 0 and a[-1]["grad_norm"] > 0
     assert (broken / "checkpoint-3" / "dcp").is_dir() and (broken / "checkpoint-3" / "config.json").exists()

@@ -91,6 +91,35 @@ def test_stratify_weights_give_each_category_its_share_of_every_batch_and_resume
     assert {r["category"] for _ in range(5) for r in zero.next_batch()} == {"simple", "irrelevance"}
 
 
+def test_adaptive_shares_follow_the_failures_by_hand_and_resume_exactly():
+    rows = [{"id": i, "category": c} for i, c in enumerate(["simple"] * 8 + ["multiple"] * 8 + ["irrelevance"] * 8)]
+    stream = TaskStream(rows, 4, seed=5, shares={"irrelevance": 2}, adaptive_floor=0.5)
+    assert stream.adaptive.shares() == pytest.approx({"irrelevance": 0.5, "multiple": 0.25, "simple": 0.25})  # fail 0.5: the weights
+    first = [stream.next_batch() for _ in range(4)]  # 16 picks at 8 / 4 / 4, exactly (smooth round-robin)
+    assert [sorted(r["category"] for r in b) for b in first] == [["irrelevance", "irrelevance", "multiple", "simple"]] * 4
+    ids = [r["id"] for b in first for r in b if r["category"] == "irrelevance"]
+    assert sorted(ids) == list(range(16, 24))  # each row once per pass
+    # irrelevance all right, simple all wrong, multiple not seen (NaN: the function did not apply)
+    stream.observe(["irrelevance"] * 4 + ["simple"] * 4 + ["multiple"], [1.0] * 4 + [0.0] * 4 + [float("nan")])
+    # fail: irrelevance 0.5 * 0.5 + 0.5 * 0 = 0.25, simple 0.5 * 0.5 + 0.5 * 1 = 0.75, multiple 0.5
+    # weight * (floor + fail): irrelevance 2 * 0.75 = 1.5, multiple 1 * 1.0 = 1.0, simple 1 * 1.25 = 1.25; sum 3.75
+    want = {"irrelevance": 1.5 / 3.75, "multiple": 1.0 / 3.75, "simple": 1.25 / 3.75}
+    assert stream.adaptive.shares() == pytest.approx(want)
+    assert stream.metrics() == pytest.approx({f"data/share/{k}": v for k, v in want.items()})
+    resumed = TaskStream(rows, 4, seed=5, shares={"irrelevance": 2}, adaptive_floor=0.5)
+    resumed.load_state_dict(stream.state_dict())
+    assert [stream.next_batch() for _ in range(5)] == [resumed.next_batch() for _ in range(5)]
+    assert resumed.adaptive.shares() == pytest.approx(want)
+    # simple keeps failing, the others succeed: simple's weight tends to 1.5, multiple's to 0.5, irrelevance's to 1
+    for _ in range(20):
+        batch = stream.next_batch()
+        stream.observe([r["category"] for r in batch], [float(r["category"] != "simple") for r in batch])
+    last = [r["category"] for _ in range(10) for r in stream.next_batch()]
+    assert stream.adaptive.shares() == pytest.approx({"irrelevance": 1 / 3, "multiple": 1 / 6, "simple": 1 / 2}, abs=1e-4)
+    assert all(abs(last.count(k) - share * 40) < 1 for k, share in (("simple", 1 / 2), ("irrelevance", 1 / 3), ("multiple", 1 / 6)))
+    assert TaskStream(rows, 4, seed=5).metrics() == {}  # fixed shares: no data/share metrics
+
+
 @pytest.mark.parametrize("shares, message", [({"parallel": 2}, "no training row has"),
                                              ({"simple": -1}, "finite and >= 0"),
                                              ({"simple": 0, "multiple": 0, "irrelevance": 0}, "above 0")])

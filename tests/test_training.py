@@ -81,7 +81,8 @@ def test_shared_prompt_update_equals_plain_update(tiny):
         assert torch.allclose(plain, shared, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo", [["algo=grpo"], ["algo=reinforce"], ["algo=grpo", "algo.kl_coef=0.1", "trainer.keep_last=1"]])
+@pytest.mark.parametrize("algo", [["algo=grpo"], ["algo=reinforce"], ["algo=grpo", "algo.kl_coef=0.1", "trainer.keep_last=1"],
+                                  ["algo=grpo", "data.adaptive_floor=0.5"]])
 def test_resume_takes_the_same_next_step(tiny, tmp_path, algo):
     common = [*DENSE, *algo, "trainer.lr=1e-3", "algo.sampling.temperature=1.5", "trainer.save_every=1"]
     whole = tmp_path / "whole"
@@ -92,7 +93,10 @@ def test_resume_takes_the_same_next_step(tiny, tmp_path, algo):
     a, b = metrics(whole), metrics(broken)
     assert [r["step"] for r in b] == [r["step"] for r in a]  # no duplicated history
     last_a, last_b = a[-1], b[-1]
-    for key in ("reward/total", "loss", "grad_norm", "completion_len", "entropy") + (("kl",) if "kl" in last_a else ()):
+    shares = tuple(k for k in last_a if k.startswith("data/share/"))  # adaptive shares: restored with the checkpoint
+    assert bool(shares) == ("data.adaptive_floor=0.5" in algo)
+    assert not shares or any(abs(last_a[k] - 0.25) > 1e-3 for k in shares)  # 4 equal categories, moved by the rewards
+    for key in ("reward/total", "loss", "grad_norm", "completion_len", "entropy") + (("kl",) if "kl" in last_a else ()) + shares:
         assert last_b[key] == pytest.approx(last_a[key], rel=1e-5, abs=1e-7), key
 
 
