@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from contextlib import nullcontext
@@ -53,14 +54,25 @@ def check_world(cfg, world: int) -> None:
 TOOL_FORMATS = ("tool_n1", "hermes", "llama3_json", "mistral", "template")
 
 
-def check_adaptive(floor, exact_match: str, names: list[str]) -> None:
+def check_adaptive(floor, exact_match: str, names: list[str], algo) -> None:
     """data.adaptive_floor: null, or a finite number >= 0 with reward.exact_match among the
-    reward functions' names (the shares follow its failures)."""
+    reward functions' names (the shares follow its failures). With a group baseline it warns:
+    a category every completion gets right gives its share away without pushing back (README)."""
     check_adaptive_floor(floor)
-    if floor is not None and exact_match not in names:
+    if floor is None:
+        return
+    if exact_match not in names:
         raise ValueError(f"data.adaptive_floor={floor} follows the failures of reward.exact_match="
                          f"{exact_match}, which is not among reward.functions {names}: add it with weight 0 "
                          "(as conf/reward/toolrl.yaml does with tool_n1), or data.adaptive_floor=null")
+    if algo.advantage in GROUP_BASELINES or (algo.advantage == "reinforce" and algo.baseline == "group"):
+        logging.getLogger("rl.setup").warning(
+            "data.adaptive_floor=%s with algo.advantage=%s (a group baseline): measured on the embedded default, "
+            "algo=gspo fell from 0.55 to 0.37 with adaptive shares; add data.adaptive_floor=null (README, Algorithms)",
+            floor, algo.advantage)
+
+
+GROUP_BASELINES = ("grpo", "dr_grpo", "rloo")  # advantages that compare a completion with its own group only
 
 
 def check_config(cfg, world: int) -> None:
@@ -97,7 +109,7 @@ def check_config(cfg, world: int) -> None:
     algo_.check(cfg.algo, t.batch_size, world)
     check_world(cfg, world)
     rewards = WeightedReward(list(cfg.reward.functions), parser=cfg.model.tool_format)  # every reward resolves: names, keys, kwargs, signatures
-    check_adaptive(cfg.data.adaptive_floor, cfg.reward.exact_match, [name for name, _, _ in rewards.functions])
+    check_adaptive(cfg.data.adaptive_floor, cfg.reward.exact_match, [name for name, _, _ in rewards.functions], cfg.algo)
 
 
 @dataclass

@@ -85,10 +85,19 @@ def test_stratify_weights_from_the_command_line_and_bad_ones_fail_naming_the_key
     assert make(["experiment=smoke"]).data.stratify_weights is None  # the tests' runs keep equal shares
 
 
-def test_adaptive_floor_bad_values_and_a_missing_exact_match_reward_fail_naming_the_key():
+def test_adaptive_floor_bad_values_and_a_missing_exact_match_reward_fail_naming_the_key(caplog):
     from rl.setup import check_config
 
     check_config(make(["data.adaptive_floor=0.5"]), 1)  # toolrl's config scores tool_n1 at weight 0
+    assert "group baseline" not in caplog.text  # the default's batch-whitened advantage
+    for algo in (["algo=gspo"], ["algo=reinforce"], ["algo=rloo"]):
+        caplog.clear()
+        check_config(make([*algo, "data.adaptive_floor=0.5"]), 1)
+        assert "(a group baseline)" in caplog.text and "add data.adaptive_floor=null" in caplog.text, algo
+    caplog.clear()
+    check_config(make(["algo=reinforce", "algo.baseline=batch", "data.adaptive_floor=0.5"]), 1)
+    check_config(make(["algo=gspo", "data.adaptive_floor=null"]), 1)
+    assert "group baseline" not in caplog.text
     with pytest.raises(ValueError, match=r"data.adaptive_floor=-1.0: use a finite number >= 0"):
         check_config(make(["data.adaptive_floor=-1"]), 1)
     with pytest.raises(Exception, match="data.adaptive_floor"):  # the schema says float: Hydra names the key
