@@ -517,11 +517,7 @@ class AdaptiveShares:
         return {k: v / total for k, v in w.items()} if total > 0 else {k: 1 / len(w) for k in w}
 
     def pick(self) -> dict:
-        shares = self.shares()
-        for k in self.names:
-            self.credit[k] += shares[k]
-        k = max(self.names, key=self.credit.__getitem__)  # ties: the first name in sorted order
-        self.credit[k] -= 1.0
+        k = _most_owed(self.credit, self.shares(), 1.0)
         n, i = len(self.by_category[k]), self.taken[k]
         if self._pass.get(k, (None,))[0] != i // n:  # the category's next pass: its rows reshuffled
             order = list(self.by_category[k])
@@ -553,10 +549,17 @@ def _weighted_interleave(queues: dict[str, list[int]], weights: dict[str, float]
     names = list(w)
     total, credit, taken, out = sum(w.values()), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0), []
     for _ in range(n):
-        for k in names:
-            credit[k] += w[k]
-        k = max(names, key=credit.__getitem__)  # ties: the first name in sorted order
-        credit[k] -= total
+        k = _most_owed(credit, w, total)
         out.append(queues[k][taken[k] % len(queues[k])])
         taken[k] += 1
     return out
+
+
+def _most_owed(credit: dict[str, float], weights: dict[str, float], total: float) -> str:
+    """One step of smooth weighted round-robin: every category is owed its weight, the most owed
+    (ties: the first in `weights`' order) is picked and pays back `total` (the sum of the weights)."""
+    for k in weights:
+        credit[k] += weights[k]
+    k = max(weights, key=credit.__getitem__)
+    credit[k] -= total
+    return k
