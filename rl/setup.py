@@ -64,7 +64,7 @@ def check_adaptive(floor, exact_match: str, names: list[str], algo) -> None:
     if exact_match not in names:
         raise ValueError(f"data.adaptive_floor={floor} follows the failures of reward.exact_match="
                          f"{exact_match}, which is not among reward.functions {names}: add it with weight 0 "
-                         "(as conf/reward/toolrl.yaml does with tool_n1), or data.adaptive_floor=null")
+                         "(as conf/reward/toolrl_schema.yaml does with tool_n1), or data.adaptive_floor=null")
     if algo.advantage in GROUP_BASELINES or (algo.advantage == "reinforce" and algo.baseline == "group"):
         logging.getLogger("rl.setup").warning(
             "data.adaptive_floor=%s with algo.advantage=%s (a group baseline): measured on the embedded default, "

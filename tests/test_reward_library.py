@@ -216,3 +216,23 @@ def test_toolrl_agree_preset_pays_agreement():
               said("None of the functions can do this.", [])],
              ground_truth=[call, call, []], tools=[OFFERED] * 3)
     assert out.total == [4.0, 5.0, 5.0]
+
+
+def test_toolrl_schema_preset_scores_by_hand():
+    """conf/reward/toolrl_schema.yaml (the embedded default): toolrl + 1 x schema validity.
+    Tool task (gold get_weather): right call 4 + 1 = 5; `[]` -2 + 1 = -1; a tool that is not
+    offered -2 + 0 = -2; the right name with an argument its schema refuses: format 1 + correctness
+    6 x (name 1 + key Jaccard 0 + values 0) / (1 + 1 + 0) - 3 = 0, so 1 + schema 0 = 1.
+    Irrelevance task: `[]` 4 + 1 = 5; an offered tool -2 + 1 = -1; a tool not offered -2 + 0 = -2."""
+    import yaml
+    from pathlib import Path
+
+    spec = yaml.safe_load((Path(__file__).parent.parent / "conf/reward/toolrl_schema.yaml").read_text())["functions"]
+    fn = WeightedReward(spec)
+    strict = [{"name": "get_weather", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}]
+    gold = [{"name": "get_weather", "arguments": {}}]
+    unoffered = [{"name": "book_flight", "arguments": {}}]
+    out = fn([said("x", gold), said("x", []), said("x", unoffered), said("x", [{"name": "get_weather", "arguments": {"city": "Oslo"}}]),
+              said("x", []), said("x", gold), said("x", unoffered)],
+             ground_truth=[gold] * 4 + [[]] * 3, tools=[strict] * 7)
+    assert out.total == [5.0, -1.0, -2.0, 1.0, 5.0, -1.0, -2.0]
