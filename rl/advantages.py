@@ -71,6 +71,12 @@ ADVANTAGES: dict[str, Callable[[torch.Tensor, object], torch.Tensor]] = {
 GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo"}  # need G >= 2 (reinforce too with baseline=group)
 
 
+def has_group_baseline(algo) -> bool:
+    """The advantage compares a completion only with its own group (GROUP_ESTIMATORS, or
+    reinforce with baseline=group): a group whose rewards agree gets advantage 0."""
+    return algo.advantage in GROUP_ESTIMATORS or (algo.advantage == "reinforce" and algo.baseline == "group")
+
+
 def multi_reward(per_function: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
     """GDPO (TRL's multi_objective_aggregation="normalize_then_sum"): per_function [N, K]
     scores of K reward functions, weights [K] -> [N] weighted sum of each function's scores

@@ -9,7 +9,7 @@ import math
 import torch
 
 from rewards.combine import RewardResult
-from rl.advantages import ADVANTAGES, GROUP_ESTIMATORS, multi_reward, overlong_penalty, zero_variance_groups
+from rl.advantages import ADVANTAGES, has_group_baseline, multi_reward, overlong_penalty, zero_variance_groups
 from rl.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 CHOICES = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_agg": AGGREGATIONS, "kl_estimator": KL_ESTIMATORS,
@@ -26,8 +26,7 @@ def check(algo, batch_size: int, world: int = 1) -> None:
     G = algo.group_size
     if G < 1:
         raise ValueError(f"algo.group_size={G}: sample at least 1 completion per prompt (GRPO uses 4-16)")
-    group_baseline = algo.advantage in GROUP_ESTIMATORS or (algo.advantage == "reinforce" and algo.baseline == "group")
-    if G < 2 and group_baseline:
+    if G < 2 and has_group_baseline(algo):
         raise ValueError(f"algo.group_size={G} with algo.advantage={algo.advantage} (a group baseline): every "
                          "advantage would be 0 and nothing would train; use group_size >= 2, or advantage=reinforce_pp "
                          "or advantage=reinforce with algo.baseline=batch")

@@ -19,6 +19,7 @@ from rewards.parsing import PARSERS, template_parser
 from rl import algo as algo_
 from rl import optim, parallel
 from rl import policy as policy_
+from rl.advantages import has_group_baseline
 from rl.engines import Engine, make_engine
 from rl.metrics import MetricsLogger
 from rl.models import load_tokenizer
@@ -65,14 +66,12 @@ def check_adaptive(floor, exact_match: str, names: list[str], algo) -> None:
         raise ValueError(f"data.adaptive_floor={floor} follows the failures of reward.exact_match="
                          f"{exact_match}, which is not among reward.functions {names}: add it with weight 0 "
                          "(as conf/reward/toolrl_schema.yaml does with tool_n1), or data.adaptive_floor=null")
-    if algo.advantage in GROUP_BASELINES or (algo.advantage == "reinforce" and algo.baseline == "group"):
+    if has_group_baseline(algo):
         logging.getLogger("rl.setup").warning(
             "data.adaptive_floor=%s with algo.advantage=%s (a group baseline): measured on the embedded default, "
             "algo=gspo fell from 0.55 to 0.37 with adaptive shares; add data.adaptive_floor=null (README, Algorithms)",
             floor, algo.advantage)
 
-
-GROUP_BASELINES = ("grpo", "dr_grpo", "rloo")  # advantages that compare a completion with its own group only
 
 
 def check_config(cfg, world: int) -> None:

@@ -88,7 +88,7 @@ def test_stratify_weights_from_the_command_line_and_bad_ones_fail_naming_the_key
 def test_adaptive_floor_bad_values_and_a_missing_exact_match_reward_fail_naming_the_key(caplog):
     from rl.setup import check_config
 
-    check_config(make(["data.adaptive_floor=0.5"]), 1)  # toolrl's config scores tool_n1 at weight 0
+    check_config(make(["data.adaptive_floor=0.5"]), 1)  # the default reward scores tool_n1 at weight 0
     assert "group baseline" not in caplog.text  # the default's batch-whitened advantage
     for algo in (["algo=gspo"], ["algo=reinforce"], ["algo=rloo"]):
         caplog.clear()

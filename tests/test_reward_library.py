@@ -203,14 +203,18 @@ def test_think_call_agreement_with_unreadable_tools_is_a_reason():
     assert out == [0.0] and out.reasons == ["bad_tools"]
 
 
-def test_toolrl_agree_preset_pays_agreement():
-    """conf/reward/toolrl_agree.yaml: toolrl + agreement. A right call after a "none" think gets
-    4, after a think that names it 5; [] on an irrelevance task 5."""
+def preset(name: str) -> WeightedReward:
+    """The reward of conf/reward/<name>.yaml, as `reward=<name>` builds it."""
     import yaml
     from pathlib import Path
 
-    spec = yaml.safe_load((Path(__file__).parent.parent / "conf/reward/toolrl_agree.yaml").read_text())["functions"]
-    fn = WeightedReward(spec)
+    return WeightedReward(yaml.safe_load((Path(__file__).parent.parent / f"conf/reward/{name}.yaml").read_text())["functions"])
+
+
+def test_toolrl_agree_preset_pays_agreement():
+    """conf/reward/toolrl_agree.yaml: toolrl + agreement. A right call after a "none" think gets
+    4, after a think that names it 5; [] on an irrelevance task 5."""
+    fn = preset("toolrl_agree")
     call = [{"name": "get_weather", "arguments": {}}]
     out = fn([said("None of the functions can do this.", call), said("The request needs get_weather.", call),
               said("None of the functions can do this.", [])],
@@ -224,11 +228,7 @@ def test_toolrl_schema_preset_scores_by_hand():
     offered -2 + 0 = -2; the right name with an argument its schema refuses: format 1 + correctness
     6 x (name 1 + key Jaccard 0 + values 0) / (1 + 1 + 0) - 3 = 0, so 1 + schema 0 = 1.
     Irrelevance task: `[]` 4 + 1 = 5; an offered tool -2 + 1 = -1; a tool not offered -2 + 0 = -2."""
-    import yaml
-    from pathlib import Path
-
-    spec = yaml.safe_load((Path(__file__).parent.parent / "conf/reward/toolrl_schema.yaml").read_text())["functions"]
-    fn = WeightedReward(spec)
+    fn = preset("toolrl_schema")
     strict = [{"name": "get_weather", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}]
     gold = [{"name": "get_weather", "arguments": {}}]
     unoffered = [{"name": "book_flight", "arguments": {}}]
