@@ -73,7 +73,6 @@ def check_adaptive(floor, exact_match: str, names: list[str], algo) -> None:
             floor, algo.advantage)
 
 
-
 def check_config(cfg, world: int) -> None:
     """Every value range, before a model loads or anything is written: a bad value fails here
     naming its key, never as a ZeroDivisionError after checkpoint-0."""
