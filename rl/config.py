@@ -162,7 +162,7 @@ class EnvConfig:
 
 @dataclass
 class SFTConfig:
-    """Optional supervised warm-up on gold answers before RL (TRL's SFTTrainer)."""
+    """Optional supervised warm-up on gold answers before RL (our own loop, rl/sft.py; bench/sft_warmup.py times it against TRL's SFTTrainer)."""
 
     steps: int = 0
     batch_size: int = 8
