@@ -193,7 +193,8 @@ class TrainerConfig:
     token_budget: int = 8192  # padded tokens per micro-batch (gradient accumulation beyond)
     logprob_chunk: int = 1024  # rows of vocab logits alive at once
     share_prompt: bool = True  # run each group's prompt once in the update (exact, ~G x fewer prompt tokens)
-    bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
+    bf16: bool = True  # autocast to bf16 on CUDA
+    cpu_bf16: Optional[bool] = False  # autocast to bf16 on CPU too; null: where the CPU has AMX (rl/setup.py)
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None  # torch CPU threads; null = torch default
     seed: int = 0

@@ -85,6 +85,14 @@ class Policy:
         params = list(self.module.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
+    @property
+    def deterministic(self) -> bool:
+        """A training-mode forward is the evaluation-mode function: no dropout anywhere (modules,
+        attention, LoRA), so the first forward of an update gives pi_old's logprobs too."""
+        dropouts = [m.p for m in self.module.modules() if isinstance(m, torch.nn.Dropout)]
+        attention = [v for k, v in self.config.to_dict().items() if k.endswith("dropout") and isinstance(v, (int, float))]
+        return not any(p > 0 for p in dropouts + attention)
+
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
 

@@ -38,7 +38,7 @@ def gold_rollouts(env, tokenizer, tasks: list[dict]) -> list[Rollout]:
 
 
 def gold_nll_backward(policy, tokenizer, rollouts: list[Rollout], coef: float, token_budget: int, chunk: int = 1024,
-                      bf16: bool = True, agg: str = "token-mean") -> float:
+                      bf16: bool = False, agg: str = "token-mean") -> float:
     """Back-propagates coef x the NLL of gold answers (`gold_rollouts`, this rank's share; the
     counts are summed over ranks), aggregated by `agg` (rl.losses.AGGREGATIONS: token-mean is
     the mean NLL per gold token, seq-mean-token-sum the mean NLL per gold answer), into the
@@ -59,7 +59,7 @@ def gold_nll_backward(policy, tokenizer, rollouts: list[Rollout], coef: float, t
 
 
 def warm_up(cfg, policy, tokenizer, env, tasks: list[dict], token_budget: int, chunk: int = 1024,
-            bf16: bool = True, optimizer: str = "adamw") -> dict:
+            bf16: bool = False, optimizer: str = "adamw") -> dict:
     """cfg: trainer.sft. Trains the policy (a Policy handle: its adapters under LoRA, its
     shards under torchrun) in place on cfg.steps batches of gold answers (cycling through
     `tasks` in order; each rank takes its share); returns the first and last loss."""

@@ -53,7 +53,7 @@ from rl.losses import Normalizer, policy_loss, sequence_kl
 from rl.metrics import Timings, memory_metrics, release_memory, return_freed_memory
 from rl.optim import make_optimizer, set_base_lr
 from rl.parallel import shutdown, world_size
-from rl.setup import CONF_DIR, Setup, autocast, check_config
+from rl.setup import CONF_DIR, Setup, autocast, check_config, train_bf16
 from rl.sft import gold_nll_backward, gold_rollouts, warm_up
 from envs.datasets import TaskStream
 from rewards.combine import TrainerState
@@ -100,8 +100,8 @@ def train(cfg: DictConfig) -> dict:
             with phase(s, summary, "sft", f"SFT warm-up: {cfg.trainer.sft.steps} steps x {cfg.trainer.sft.batch_size} gold answers"):
                 release(s.engine)  # engine.sleep: the sampling copy's memory goes to the update
                 summary["sft"] = warm_up(cfg.trainer.sft, policy, s.tokenizer, s.env, s.train_tasks,
-                                         cfg.trainer.token_budget, cfg.trainer.logprob_chunk, cfg.trainer.bf16,
-                                         cfg.trainer.optimizer)
+                                         cfg.trainer.token_budget, cfg.trainer.logprob_chunk,
+                                         train_bf16(cfg.trainer, s.device), cfg.trainer.optimizer)
             s.engine.load_weights(policy)
             if cfg.trainer.sft.eval:
                 with phase(s, summary, "warmup_eval", "evaluating after the warm-up"):
@@ -186,7 +186,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
     summed over micro-batches and ranks, so accumulation and the ranks' summed gradients
     give exactly the full-mini-batch gradient."""
     algo, trainer, dist, timings = cfg.algo, cfg.trainer, policy.dist, timings or Timings()
-    G = algo.group_size
+    G, bf16 = algo.group_size, train_bf16(trainer, s.device)
     # a group's prompt runs once for its G completions (exact; needs the KV cache, so not
     # with gradient checkpointing)
     share = G if trainer.share_prompt and not cfg.model.gradient_checkpointing else 1
@@ -209,13 +209,16 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
     everything = [b for batches in minis for b in batches]
 
     policy.eval()  # the reference and pi_old as they sample: no dropout
-    with timings("logprobs"), torch.no_grad(), autocast(s.device, trainer.bf16):
+    with timings("logprobs"), torch.no_grad(), autocast(s.device, bf16):
         if policy.has_reference and algo.kl_coef > 0:
             with policy.reference():
                 for b in even_out(everything, dist):
                     b.ref_logprobs = logprobs_of(b)[0]  # [b, C]
         if algo.ppo_epochs * algo.mini_batches > 1 or algo.kl_in_reward:  # pi_old: before the first optimizer step
-            for b in even_out(everything, dist):
+            # the first mini-batch's come from its own first forward (no optimizer step yet), as
+            # long as nothing needs them before it and a training-mode forward is the same function
+            later = everything if algo.kl_in_reward or not policy.deterministic else [b for bs in minis[1:] for b in bs]
+            for b in even_out(later, dist) if later else []:
                 b.old_logprobs = logprobs_of(b)[0]  # [b, C]
 
     extra = {}
@@ -243,9 +246,11 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
             norm = Normalizer([b.loss_mask for b in batches], reduce=dist.sum)
             for b in even_out(batches, dist):  # as many micro-batches on every rank (FSDP's collectives)
                 with timings("forward_backward"):
-                    with autocast(s.device, trainer.bf16):
+                    with autocast(s.device, bf16):
                         logprobs, entropy = logprobs_of(b, entropy_grad)  # [b, C], [b, C]
-                    old = b.old_logprobs if b.old_logprobs is not None else logprobs.detach()  # on-policy: ratio = 1
+                    if b.old_logprobs is None:  # on-policy (no optimizer step yet): ratio = 1
+                        b.old_logprobs = logprobs.detach()
+                    old = b.old_logprobs
                     loss, stats = policy_loss(algo, logprobs, old, b.ref_logprobs, b.advantages, b.loss_mask, norm,
                                               entropy, b.rollout_logprobs)
                     loss.backward()
@@ -261,7 +266,7 @@ def update_policy(cfg, policy, opt, sched, rollouts, rewards, s, timings: Timing
                 with timings("forward_backward"):
                     extra["sft_nll"] = extra.get("sft_nll", 0.0) + gold_nll_backward(
                         policy, s.tokenizer, golds[m], algo.sft_coef, trainer.token_budget, trainer.logprob_chunk,
-                        trainer.bf16, algo.sft_agg) / steps
+                        bf16, algo.sft_agg) / steps
             with timings("optimizer"):
                 grad_norm = policy.clip_grad_norm_(trainer.max_grad_norm)  # the global norm: every rank agrees
                 if math.isfinite(grad_norm):

@@ -164,3 +164,28 @@ def test_trains_the_tiny_model_and_resumes(tiny, tmp_path):
     train(tiny(*common, f"trainer.output_dir={broken}", "trainer.resume=true"))
     resumed = weights(broken, 2)
     assert all(torch.equal(resumed[k], after[k]) for k in after)
+
+
+def test_chunked_step_equals_one_pass_over_the_tensor(monkeypatch):
+    """The update runs CHUNK values at a time; with chunks of 4 blocks over a ragged tensor of
+    10+ blocks (and a non-contiguous one) the weights and float8 state equal those of one
+    chunk spanning the whole tensor, bit for bit, step after step."""
+    from rl import adamw8bit
+
+    torch.manual_seed(0)
+    shapes = [(10 * BLOCK + 17,), (3 * BLOCK, 7)]
+    results = []
+    for chunk in (4 * BLOCK, 1 << 30):
+        monkeypatch.setattr(adamw8bit, "CHUNK", chunk)
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        params[1] = torch.nn.Parameter(torch.randn(7, 3 * BLOCK).t())  # non-contiguous
+        opt = AdamW8bit(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p) * torch.logspace(-3, 0, p.numel()).view_as(p)
+            opt.step()
+        results.append(([p.detach().clone() for p in params], opt.state_dict()["state"]))
+    (p_small, s_small), (p_whole, s_whole) = results
+    assert all(torch.equal(a, b) for a, b in zip(p_small, p_whole))
+    assert all(torch.equal(s_small[i][k], s_whole[i][k]) for i in s_whole for k in s_whole[i])
