@@ -21,7 +21,8 @@ The recipe is config: conf/algo/*.yaml names one (grpo, dr_grpo, dapo, gspo, cis
 reinforce, reinforce_pp), each a choice on three independent axes (advantage, policy loss,
 aggregation) plus shaping. An optional SFT warm-up runs before RL (trainer.sft.steps). With
 one optimizer step per batch old_logprobs = logprobs.detach() (ratio 1: the gradient is
-REINFORCE's, clipping never binds).
+REINFORCE's, clipping never binds); with several, the first mini-batch's old_logprobs come from
+its own first forward too, and a no-grad pass before the first optimizer step gives the rest.
 
 Scale changes nothing here: LoRA (model.lora.r > 0) and FSDP2 under torchrun live behind the
 policy handle (rl/policy.py). Under torchrun every rank samples whole groups for its share of
