@@ -25,7 +25,7 @@ import torch
 
 BLOCK = 256  # values per absmax
 MIN_SIZE = 4096  # smaller tensors keep fp32 moments
-CHUNK = 512 * BLOCK  # values updated at once: 512 KiB fp32 temporaries (smaller chunks: more per-op overhead)
+CHUNK = 256 * BLOCK  # values updated at once: 256 KiB fp32 temporaries (smaller: more per-op overhead)
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3
 FP8_TINY = 2.0**-9  # smallest positive e4m3 (subnormal)

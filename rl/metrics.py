@@ -42,13 +42,14 @@ def release_memory(device) -> None:
 
 
 def return_freed_memory() -> bool:
-    """trainer.return_freed_memory: from now on glibc hands freed blocks of 512 KiB and more
-    straight back to the OS (a fixed mmap threshold instead of one that grows to 32 MiB, and no
-    trim slack), and smaller ones go back at each `release_memory`: RSS stays close to what is
-    alive. Costs page faults on every new large tensor. On the 2-core Xeon (seed 0, 32 held-out
-    tasks) the embedded default peaked at 2.98 GiB with 512 KiB and trained in 5.9 min; with
-    1 MiB 3.11 GiB and 5.3 min; 128 KiB (the earlier setting) cost ~25% of the update's time
-    (one group's forward+backward 2.8 s against 2.5 s at 512 KiB and 2.2 s at 1 MiB). False
+    """trainer.return_freed_memory: from now on glibc hands freed blocks of MMAP_THRESHOLD
+    (288 KiB) and more straight back to the OS (a fixed mmap threshold instead of one that grows
+    to 32 MiB, and no trim slack), and smaller ones go back at each `release_memory`: RSS stays
+    close to what is alive. Costs page faults on every new large tensor, so the threshold trades
+    memory for time. On the 2-core Xeon, the embedded default (seed 1) peaked at 2.91 GiB at 288
+    KiB and 3.02 GiB at 512 KiB; with 32 held-out tasks (seed 0) at 2.98 GiB and 3.11 GiB at 512
+    KiB and 1 MiB, training in 5.9 and 5.3 min. One group's forward+backward took 2.8 s at 128
+    KiB (the earlier setting), 2.7 s at 256 KiB, 2.5 s at 512 KiB and 2.2 s at 1 MiB. False
     where malloc is not glibc's."""
     libc = _glibc()
     if libc is None:
@@ -57,7 +58,7 @@ def return_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
 
 
-MMAP_THRESHOLD = 512 * 1024  # bytes: glibc's fixed mmap threshold under trainer.return_freed_memory
+MMAP_THRESHOLD = 288 * 1024  # bytes, under trainer.return_freed_memory: 8-bit AdamW's 256 KiB chunks stay on the heap
 
 
 @functools.cache
