@@ -86,10 +86,11 @@ class AdamW8bit(torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0)
                 state["step"] += 1
                 t = float(state["step"])
-                if p.numel() < MIN_SIZE:  # fp32 moments
-                    n = p.numel()
-                    m, r = (state.get(k, torch.zeros(n, dtype=torch.float32, device=p.device)) for k in ("exp_avg", "exp_avg_sqrt"))
-                    state["exp_avg"], state["exp_avg_sqrt"] = _update(p.view(-1), p.grad.reshape(-1), m, r, t, *hyper)
+                if p.numel() < MIN_SIZE:  # fp32 moments [n], updated in place through views of p's shape
+                    for key in ("exp_avg", "exp_avg_sqrt"):
+                        if key not in state:
+                            state[key] = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+                    _update(p, p.grad, state["exp_avg"].view(p.shape), state["exp_avg_sqrt"].view(p.shape), t, *hyper)
                 else:
                     self._chunked_step(p, state, t, hyper)
         return loss
@@ -123,8 +124,8 @@ class AdamW8bit(torch.optim.Optimizer):
 
 def _update(p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, r: torch.Tensor, t: float, lr: float, beta1: float,
             beta2: float, eps: float, wd: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch's AdamW step on p [n] (in place) from grad [n], m [n] = m_{t-1} and r [n] = sqrt(v_{t-1})
-    (fp32, overwritten); returns (m_t, sqrt(v_t))."""
+    """torch's AdamW step on p (in place) from grad, m = m_{t-1} and r = sqrt(v_{t-1}), all of one
+    shape (fp32 m and r, overwritten in place); returns (m_t, sqrt(v_t))."""
     g = grad.float()  # [n]
     m = m.lerp_(g, 1 - beta1)  # [n] m_t
     r = r.square_().mul_(beta2).addcmul_(g, g, value=1 - beta2).sqrt_()  # [n] sqrt(v_t)

@@ -41,6 +41,9 @@ def release_memory(device) -> None:
         libc.malloc_trim(0)
 
 
+MMAP_THRESHOLD = 288 * 1024  # bytes, under trainer.return_freed_memory: 8-bit AdamW's 256 KiB chunks stay on the heap
+
+
 def return_freed_memory() -> bool:
     """trainer.return_freed_memory: from now on glibc hands freed blocks of MMAP_THRESHOLD
     (288 KiB) and more straight back to the OS (a fixed mmap threshold instead of one that grows
@@ -56,9 +59,6 @@ def return_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
-
-
-MMAP_THRESHOLD = 288 * 1024  # bytes, under trainer.return_freed_memory: 8-bit AdamW's 256 KiB chunks stay on the heap
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -50,6 +51,7 @@ def train_bf16(trainer, device: torch.device) -> bool:
     return cpu_has_amx() if trainer.cpu_bf16 is None else bool(trainer.cpu_bf16)
 
 
+@functools.cache
 def cpu_has_amx() -> bool:
     """The CPU computes bf16 matmuls on AMX tiles (Linux: /proc/cpuinfo's amx_bf16 flag)."""
     try:

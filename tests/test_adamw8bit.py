@@ -169,7 +169,8 @@ def test_trains_the_tiny_model_and_resumes(tiny, tmp_path):
 def test_chunked_step_equals_one_pass_over_the_tensor(monkeypatch):
     """The update runs CHUNK values at a time; with chunks of 4 blocks over a ragged tensor of
     10+ blocks (and a non-contiguous one) the weights and float8 state equal those of one
-    chunk spanning the whole tensor, bit for bit, step after step."""
+    chunk spanning the whole tensor, bit for bit, step after step. A small non-contiguous
+    tensor (fp32 moments) takes its step too."""
     from rl import adamw8bit
 
     torch.manual_seed(0)
@@ -180,6 +181,7 @@ def test_chunked_step_equals_one_pass_over_the_tensor(monkeypatch):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
         params[1] = torch.nn.Parameter(torch.randn(7, 3 * BLOCK).t())  # non-contiguous
+        params.append(torch.nn.Parameter(torch.randn(7, 64).t()))  # non-contiguous, under MIN_SIZE
         opt = AdamW8bit(params, lr=1e-2, weight_decay=0.1)
         for _ in range(3):
             for p in params:
